@@ -46,9 +46,7 @@ class Domain:
         """The denoiser network: `net(x_t, t, **cond) -> prediction` of the configured target."""
         raise NotImplementedError
 
-    def training_batch(
-        self, batch: dict[str, Tensor], generator: torch.Generator | None = None
-    ) -> TrainingBatch:
+    def training_batch(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> TrainingBatch:
         """Default: data as is, labels as conditioning, the batch mask as loss mask."""
         cond = {"label": batch["label"]} if "label" in batch and self.num_classes else {}
         return TrainingBatch(x=batch["x"], cond=cond, loss_mask=batch.get("mask"))
@@ -58,6 +56,28 @@ class Domain:
         if "label" not in cond:
             return cond
         return {**cond, "label": torch.full_like(cond["label"], self.num_classes)}
+
+    def checkpoint_kwargs(self) -> dict:
+        """Constructor kwargs learned from data (e.g. normalisation, class names), merged into the
+        domain config saved with a checkpoint so that the domain rebuilds without its data."""
+        return {}
+
+    def sampling_inputs(self, n: int, labels: Tensor | None = None, seed: int = 0) -> dict:
+        """Sampler keyword arguments for ``n`` samples: ``cond`` (labels round-robin over the
+        classes unless given) and, for domains that generate around data, a known region."""
+        if not self.num_classes:
+            return {}
+        if labels is None:
+            labels = torch.arange(n) % self.num_classes
+        labels = torch.as_tensor(labels, dtype=torch.long).expand(n)
+        if (labels < 0).any() or (labels >= self.num_classes).any():
+            raise ValueError(f"labels must be in [0, {self.num_classes}); got {labels.unique().tolist()}")
+        return {"cond": {"label": labels}}
+
+    def edit_inputs(self, edit: str, n: int, **options) -> dict:
+        """Sampler keyword arguments for an edit of user data (e.g. ``inpaint``); may include a
+        ``shape`` when the edit changes the sample size."""
+        raise ValueError(f"the {self.name} domain has no edits; got edit={edit!r}")
 
     def decode(self, x: Tensor):
         """Model space -> the modality's raw data (numpy arrays in data scale)."""

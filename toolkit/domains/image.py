@@ -1,0 +1,443 @@
+"""Images: scikit-learn's 8x8 digits (shipped with the library) or a folder of PNG/JPEG files.
+
+Model space is ``[-1, 1]`` with shape ``[channels, resolution, resolution]``. Besides the domain,
+this module holds the image edits (inpainting, outpainting, image-to-image) as small functions that
+turn files into the keyword arguments of ``toolkit.core.sampler.sample``; the sampler does the work.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from toolkit import viz
+from toolkit.domains.base import Domain
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L")
+COLOUR_MODES = ("RGB", "RGBA", "CMYK", "YCbCr")
+SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L")
+STRIP_ROWS = 8
+
+
+def encode(images: Tensor) -> Tensor:
+    """Pixels in [0, 1] -> model space [-1, 1]."""
+    return images * 2.0 - 1.0
+
+
+def decode_to_unit(x: Tensor) -> Tensor:
+    """Model space -> pixels in [0, 1], clamped."""
+    return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
+
+
+def resize(images: Tensor, resolution: int) -> Tensor:
+    """Bilinear resize of ``[n, C, H, W]`` to ``resolution x resolution``; antialiased, which only
+    matters when shrinking."""
+    if images.shape[-2:] == (resolution, resolution):
+        return images
+    resized = F.interpolate(images, size=(resolution, resolution), mode="bilinear", antialias=True)
+    return resized.clamp(0.0, 1.0)
+
+
+def is_image_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def read_image_file(path: str | Path, channels: int) -> Tensor:
+    """One PNG/JPEG as float ``[channels, H, W]`` in [0, 1]; alpha is dropped.
+
+    Grey files for ``channels=3`` and colour files for ``channels=1`` are errors, not silent
+    conversions, so that a mixed folder is noticed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file {path} does not exist")
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            image = opened.copy()
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise ValueError(f"cannot read image {path}: {error}; is it a valid PNG/JPEG file?") from error
+
+    if image.mode in ("P", "PA"):
+        rgb = np.asarray(image.convert("RGB"))
+        is_grey = bool((rgb == rgb[:, :, :1]).all())
+        pixels = (rgb[:, :, 0] if is_grey else rgb).astype(np.float32) / 255.0
+    elif image.mode in SIXTEEN_BIT_MODES:
+        is_grey, pixels = True, np.asarray(image, dtype=np.float32) / 65535.0
+    elif image.mode in GREY_MODES:
+        is_grey, pixels = True, np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    elif image.mode in COLOUR_MODES:
+        is_grey, pixels = False, np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    else:
+        raise ValueError(f"image {path} has unsupported pixel mode {image.mode!r}; save it as 8-bit grey or RGB")
+
+    found = 1 if is_grey else 3
+    if found != channels:
+        kind = "grey (1 channel)" if is_grey else "colour (3 channels)"
+        raise ValueError(
+            f"image {path} is {kind} but channels={channels}; set the domain's channels={found} "
+            f"or convert the file to {'RGB' if channels == 3 else 'greyscale'}"
+        )
+    tensor = torch.from_numpy(np.ascontiguousarray(pixels)).clamp(0.0, 1.0)
+    return tensor[None] if is_grey else tensor.permute(2, 0, 1).contiguous()
+
+
+def load_image(path: str | Path, channels: int, resolution: int) -> Tensor:
+    """A file as float ``[channels, resolution, resolution]`` in [0, 1], ready for editing."""
+    return resize(read_image_file(path, channels)[None], resolution)[0]
+
+
+def load_mask(path: str | Path, size: int | tuple[int, int]) -> Tensor:
+    """An edit mask as float ``[H, W]``: 1 where the picture is white (the region to regenerate),
+    0 where black (kept). ``size`` is the image's ``(height, width)`` (or one int for squares)."""
+    height, width = (size, size) if isinstance(size, int) else size
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"mask file {path} does not exist")
+    try:
+        with Image.open(path) as opened:
+            grey = np.asarray(opened.convert("L"), dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise ValueError(f"cannot read mask {path}: {error}; is it a valid PNG/JPEG file?") from error
+    if grey.shape != (height, width):
+        raise ValueError(
+            f"mask {path} is {grey.shape[1]}x{grey.shape[0]} (WxH) but the image is {width}x{height}; "
+            "draw the mask at the image's size (white = regenerate, black = keep)"
+        )
+    return torch.from_numpy((grey >= 0.5).astype(np.float32))
+
+
+def outpaint_canvas(
+    image: Tensor, left: int = 0, right: int = 0, top: int = 0, bottom: int = 0, fill: float = 0.5
+) -> tuple[Tensor, Tensor]:
+    """Extend ``image [C, H, W]`` by the given margins (pixels).
+
+    Returns the canvas ``[C, H + top + bottom, W + left + right]`` (margins filled with ``fill``)
+    and the known mask ``[H', W']`` (1 = the original pixels, 0 = to generate).
+    """
+    margins = {"left": left, "right": right, "top": top, "bottom": bottom}
+    if any(int(v) != v or v < 0 for v in margins.values()):
+        raise ValueError(f"outpainting margins must be non-negative ints, got {margins}")
+    if not any(margins.values()):
+        raise ValueError("outpainting needs at least one margin > 0 (left, right, top or bottom)")
+    channels, height, width = image.shape
+    canvas = image.new_full((channels, height + top + bottom, width + left + right), fill)
+    known = image.new_zeros(canvas.shape[1:])
+    canvas[:, top : top + height, left : left + width] = image
+    known[top : top + height, left : left + width] = 1.0
+    return canvas, known
+
+
+def inpaint_kwargs(image: Tensor, regenerate: Tensor, n: int = 1) -> dict:
+    """Sampler arguments that regenerate the region where ``regenerate [H, W]`` is 1 and keep the
+    rest of ``image [C, H, W]`` (pixels in [0, 1]) exactly, for ``n`` samples."""
+    if regenerate.shape[-2:] != image.shape[-2:]:
+        raise ValueError(f"mask size {tuple(regenerate.shape[-2:])} differs from image size {tuple(image.shape[-2:])}")
+    shape = (n, *image.shape)
+    known = (1.0 - regenerate.float()).expand(shape).contiguous()
+    return {"shape": shape, "known_mask": known, "known_values": encode(image).expand(shape).contiguous()}
+
+
+def outpaint_kwargs(image: Tensor, n: int = 1, left: int = 0, right: int = 0, top: int = 0, bottom: int = 0) -> dict:
+    """Sampler arguments that extend ``image [C, H, W]`` by the margins, keeping it exactly."""
+    canvas, known = outpaint_canvas(image, left, right, top, bottom)
+    return inpaint_kwargs(canvas, 1.0 - known, n)
+
+
+def img2img_kwargs(image: Tensor, n: int = 1, strength: float = 0.6) -> dict:
+    """Sampler arguments that start from ``image [C, H, W]`` noised to time ``strength`` (0 keeps
+    the image, 1 ignores it)."""
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    shape = (n, *image.shape)
+    return {"shape": shape, "x_init": encode(image).expand(shape).contiguous(), "strength": float(strength)}
+
+
+def load_digits_images(resolution: int) -> tuple[Tensor, Tensor]:
+    """scikit-learn's 1,797 handwritten digits as ``[1797, 1, res, res]`` in [0, 1] and labels 0..9."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.from_numpy(digits.images.astype(np.float32) / 16.0)[:, None]
+    return resize(images, resolution), torch.from_numpy(digits.target.astype(np.int64))
+
+
+def scan_image_folder(root: str | Path) -> tuple[list[Path], list[int], list[str]]:
+    """Image files under ``root``: either all directly in it (no labels) or in one sub-folder per
+    class (labels in sorted folder-name order). Returns files, labels and class names."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist (set domain.root to a folder of PNG/JPEG files)")
+    direct = sorted(p for p in root.iterdir() if is_image_file(p))
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if direct:
+        if class_dirs:
+            raise ValueError(
+                f"{root} holds both images and sub-folders {[d.name for d in class_dirs]}; put all images "
+                "in class sub-folders (conditional) or all directly in the folder (unconditional)"
+            )
+        return direct, [], []
+    files, labels = [], []
+    for label, class_dir in enumerate(class_dirs):
+        class_files = sorted(p for p in class_dir.iterdir() if is_image_file(p))
+        if not class_files:
+            raise ValueError(f"class folder {class_dir} has no PNG/JPEG images; add images or remove it")
+        files += class_files
+        labels += [label] * len(class_files)
+    if not files:
+        raise ValueError(f"no PNG/JPEG images in {root} (directly or in class sub-folders)")
+    return files, labels, [d.name for d in class_dirs]
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """A fixed random split of ``range(n)`` into sorted train and validation indices."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    n_val = round(n * val_fraction)
+    if val_fraction > 0 and n >= 2:
+        n_val = min(max(n_val, 1), n - 1)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[n_val:].sort().values, order[:n_val].sort().values
+
+
+class TensorDictDataset(Dataset):
+    """Rows of equally long tensors, served as dicts (the batch format of every domain)."""
+
+    def __init__(self, tensors: dict[str, Tensor]):
+        lengths = {len(v) for v in tensors.values()}
+        if len(lengths) != 1:
+            raise ValueError(f"tensors of different lengths: { {k: len(v) for k, v in tensors.items()} }")
+        self.tensors, self.length = tensors, lengths.pop()
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        return {key: value[index] for key, value in self.tensors.items()}
+
+
+class TensorDictDataModule(L.LightningDataModule):
+    """Train and validation loaders over in-memory tensors; shuffling is seeded, so the order of
+    training batches is the same on every run with the same seed."""
+
+    def __init__(
+        self,
+        train: dict[str, Tensor],
+        val: dict[str, Tensor],
+        batch_size: int,
+        num_workers: int = 0,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.train_set, self.val_set = TensorDictDataset(train), TensorDictDataset(val)
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+
+    def loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            drop_last=shuffle and len(dataset) > self.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self.loader(self.val_set, shuffle=False) if len(self.val_set) else []
+
+
+class ImageDomain(Domain):
+    """Grey or colour images of one square size.
+
+    ``source="digits"`` uses scikit-learn's digits (grey, 10 classes); ``root=<folder>`` uses the
+    PNG/JPEG files of a folder, labelled by class sub-folder when it has them. Images are stretched
+    to ``resolution x resolution``. ``class_names`` may be given to skip scanning the folder (e.g.
+    when sampling from a checkpoint on a machine without the data); it must match the folder when
+    data is loaded.
+    """
+
+    name = "image"
+
+    def __init__(
+        self,
+        source: str = "digits",
+        root: str | None = None,
+        channels: int = 1,
+        resolution: int = 16,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        conditional: bool = True,
+        class_names: list[str] | None = None,
+        net: dict | DictConfig | None = None,
+    ):
+        if root is None and source != "digits":
+            raise ValueError(f"unknown image source {source!r}: use source=digits or set root=<image folder>")
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels}")
+        if resolution < 8:
+            raise ValueError(f"resolution must be >= 8, got {resolution}")
+        if root is None and channels != 1:
+            raise ValueError("the digits are grey: use channels=1 with source=digits")
+        if net is None:
+            raise ValueError("ImageDomain needs a net config (a dict with _target_, see conf/domain/image.yaml)")
+        self.root = None if root is None else Path(root).expanduser()
+        self.channels, self.resolution = channels, resolution
+        self.val_fraction, self.split_seed = val_fraction, split_seed
+        self.net_cfg = OmegaConf.to_container(net, resolve=True) if isinstance(net, DictConfig) else dict(net)
+        self.sample_shape = (channels, resolution, resolution)
+
+        if self.root is None:
+            found_names = [str(digit) for digit in range(10)]
+        elif class_names is None:
+            found_names = scan_image_folder(self.root)[2]
+        else:
+            found_names = list(class_names)
+        self.conditional = conditional and bool(found_names)
+        self.class_names = found_names if self.conditional else None
+        self.num_classes = len(found_names) if self.conditional else 0
+        self.expected_class_names = class_names
+        self._data: tuple[Tensor, Tensor] | None = None
+
+    def checkpoint_kwargs(self) -> dict:
+        """A folder's class names, so that a checkpoint samples without the folder at hand."""
+        return {"class_names": self.class_names} if self.root is not None and self.class_names else {}
+
+    EDITS = ("inpaint", "outpaint", "img2img")
+
+    def edit_inputs(
+        self,
+        edit: str,
+        n: int,
+        image: str | None = None,
+        mask: str | None = None,
+        strength: float = 0.6,
+        left: int = 0,
+        right: int = 0,
+        top: int = 0,
+        bottom: int = 0,
+    ) -> dict:
+        """Inpainting (``image`` + ``mask``, white = regenerate), outpainting (``image`` + margins in
+        pixels) or image-to-image (``image`` + ``strength``), for ``n`` samples."""
+        if edit not in self.EDITS:
+            raise ValueError(f"unknown edit {edit!r}; choose one of {self.EDITS}")
+        if image is None:
+            raise ValueError(f"edit={edit} needs image=PATH, the picture to edit")
+        picture = load_image(image, self.channels, self.resolution)
+        if edit == "inpaint":
+            if mask is None:
+                raise ValueError("edit=inpaint needs mask=PATH: a picture of the image's size, white = regenerate")
+            return inpaint_kwargs(picture, load_mask(mask, picture.shape[-2:]), n)
+        if edit == "outpaint":
+            return outpaint_kwargs(picture, n, left=left, right=right, top=top, bottom=bottom)
+        return img2img_kwargs(picture, n, strength)
+
+    def load(self) -> tuple[Tensor, Tensor]:
+        """All images ``[N, C, res, res]`` in [0, 1] and their labels ``[N]`` (zeros when unlabelled);
+        read once and cached."""
+        if self._data is None:
+            self._data = self._read_all()
+        return self._data
+
+    def _read_all(self) -> tuple[Tensor, Tensor]:
+        if self.root is None:
+            return load_digits_images(self.resolution)
+        files, labels, names = scan_image_folder(self.root)
+        if self.expected_class_names is not None and names != list(self.expected_class_names):
+            raise ValueError(
+                f"class folders of {self.root} are {names} but the domain was built for "
+                f"{list(self.expected_class_names)}; use the same folder layout as in training"
+            )
+        images = torch.stack([load_image(path, self.channels, self.resolution) for path in files])
+        return images, torch.tensor(labels or [0] * len(files), dtype=torch.long)
+
+    def encode(self, images: Tensor) -> Tensor:
+        return encode(images)
+
+    def decode(self, x: Tensor) -> np.ndarray:
+        """Model space -> float32 ``[n, C, H, W]`` pixels in [0, 1]."""
+        return decode_to_unit(x.detach().float().cpu()).numpy()
+
+    def datamodule(self, batch_size: int, num_workers: int = 0, seed: int = 0) -> TensorDictDataModule:
+        images, labels = self.load()
+        train_index, val_index = split_indices(len(images), self.val_fraction, self.split_seed)
+
+        def rows(index: Tensor) -> dict[str, Tensor]:
+            batch = {"x": encode(images[index])}
+            if self.conditional:
+                batch["label"] = labels[index]
+            return batch
+
+        return TensorDictDataModule(rows(train_index), rows(val_index), batch_size, num_workers, seed)
+
+    def build_net(self) -> nn.Module:
+        net = hydra.utils.instantiate(self.net_cfg, in_channels=self.channels, num_classes=self.num_classes)
+        multiple = getattr(net, "size_multiple", 1)
+        if self.resolution % multiple:
+            raise ValueError(
+                f"resolution {self.resolution} is not divisible by {multiple}, which the network's "
+                "down-sampling needs; change resolution or the net's channel_mults"
+            )
+        return net
+
+    def pictures(self, x: Tensor) -> np.ndarray:
+        """Model space ``[n, C, H, W]`` -> pictures ``[n, H, W, C]`` in [0, 1] for the viz helpers."""
+        return self.decode(x).transpose(0, 2, 3, 1)
+
+    def preview(self, x: Tensor, path: Path, labels: Tensor | None = None) -> Path:
+        """A grid of the samples, one row per label when labels are given."""
+        pictures, ncol = self.pictures(x), None
+        if labels is not None:
+            pictures, ncol = viz.rows_by_label(pictures, labels.cpu().numpy())
+        return viz.save_grid(pictures, path, ncol=ncol, scale=viz.display_scale(self.resolution))
+
+    def save(
+        self,
+        x: Tensor,
+        out_dir: Path,
+        labels: Tensor | None,
+        seeds: list[int],
+        trajectory: Tensor | None = None,
+    ) -> list[Path]:
+        """Per sample ``sample_0000.png`` (at the model's resolution), ``grid.png``, ``strip.png``
+        (the x0 predictions of ``trajectory`` [steps, n, ...], one row for each of the first samples) and
+        ``samples.npz`` (x [n, C, H, W] in [0, 1]; labels, -1 when unconditional; seeds)."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        n = len(x)
+        if len(seeds) != n:
+            raise ValueError(f"{n} samples but {len(seeds)} seeds")
+        pictures = self.pictures(x)
+        paths = [viz.save_png(picture, out_dir / f"sample_{i:04d}.png") for i, picture in enumerate(pictures)]
+        paths.append(self.preview(x, out_dir / "grid.png", labels))
+        if trajectory is not None:
+            if trajectory.shape[1:] != x.shape:
+                raise ValueError(
+                    f"trajectory shape {tuple(trajectory.shape)} does not match [steps, *{tuple(x.shape)}]"
+                )
+            steps = np.stack([self.pictures(frame[:STRIP_ROWS]) for frame in trajectory], axis=1)
+            paths.append(viz.save_strip(steps, out_dir / "strip.png", scale=viz.display_scale(self.resolution)))
+        label_array = np.full(n, -1, dtype=np.int64) if labels is None else labels.cpu().numpy().astype(np.int64)
+        npz_path = out_dir / "samples.npz"
+        np.savez(
+            npz_path,
+            x=self.decode(x),
+            labels=label_array,
+            seeds=np.asarray(seeds, dtype=np.int64),
+            class_names=np.asarray(self.class_names or [], dtype=str),
+        )
+        paths.append(npz_path)
+        return paths

@@ -1,0 +1,204 @@
+"""The one LightningModule every domain trains with.
+
+It holds the domain adapter (built from config), its denoiser network, the schedule and the
+loss settings; the sampler is chosen at generation time. Its hyperparameters are the run's whole
+resolved config as plain Python types, so a checkpoint rebuilds everything it needs and loads
+with ``torch.load(path, weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import hydra
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from PIL import Image
+from torch import Tensor
+
+from toolkit.core import loss, sampler, schedule
+from toolkit.core.denoiser import PREDICTIONS, Denoiser
+from toolkit.domains.base import Domain
+
+
+def build_domain(domain_cfg: dict) -> Domain:
+    """Instantiate the domain named by ``domain._target_``; the net config stays a plain dict."""
+    try:
+        return hydra.utils.instantiate(domain_cfg, _recursive_=False, _convert_="all")
+    except hydra.errors.InstantiationException as error:
+        raise ValueError(f"cannot build domain {domain_cfg.get('_target_')}: {error.__cause__ or error}") from error
+
+
+def check_choice(section: str, key: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{section}.{key}={value!r} is not valid; choose one of {sorted(choices)}")
+
+
+def check_config(config: dict) -> None:
+    """Fail early, naming the key, on values the run would otherwise trip over later."""
+    check_choice("schedule", "name", config["schedule"]["name"], schedule.SCHEDULES)
+    check_choice("loss", "target", config["loss"]["target"], PREDICTIONS)
+    check_choice("loss", "weighting", config["loss"]["weighting"], loss.WEIGHTINGS)
+    check_choice("sampler", "method", config["sampler"]["method"], sampler.SAMPLERS)
+    for section, key in (("optim", "lr"), ("sampler", "steps"), ("data", "batch_size")):
+        if not config[section][key] > 0:
+            raise ValueError(f"{section}.{key} must be > 0, got {config[section][key]}")
+    if not 0 <= config["loss"].get("p_uncond", 0.0) < 1:
+        raise ValueError(f"loss.p_uncond must be in [0, 1), got {config['loss']['p_uncond']}")
+
+
+class DiffusionModule(L.LightningModule):
+    def __init__(self, config: dict):
+        super().__init__()
+        check_config(config)
+        self.domain = build_domain(config["domain"])
+        # What the domain learned from data (e.g. normalisation) travels with the checkpoint.
+        config = {**config, "domain": {**config["domain"], **self.domain.checkpoint_kwargs()}}
+        self.save_hyperparameters({"config": config})
+        self.config = config
+        self.net = self.domain.build_net()
+        options = {k: v for k, v in config["schedule"].items() if k != "name"}
+        self.schedule = schedule.get(config["schedule"]["name"], **options)
+
+    # --- training -------------------------------------------------------------------------
+
+    def _loss(self, batch: dict[str, Tensor], generator: torch.Generator | None, drop_labels: bool) -> Tensor:
+        cfg = self.config["loss"]
+        tb = self.domain.training_batch(batch, generator)
+        cond = dict(tb.cond)
+        if drop_labels and "label" in cond and cfg.get("p_uncond", 0.0) > 0:
+            drop = torch.rand(cond["label"].shape, device=self.device, generator=generator) < cfg["p_uncond"]
+            cond["label"] = torch.where(drop, self.domain.num_classes, cond["label"])
+        return loss.diffusion_loss(
+            self.net,
+            tb.x,
+            self.schedule,
+            target=cfg["target"],
+            weighting=cfg["weighting"],
+            mask=tb.loss_mask,
+            cond=cond,
+            generator=generator,
+            min_snr_gamma=cfg.get("min_snr_gamma", 5.0),
+        )
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        value = self._loss(batch, None, drop_labels=True)
+        self.log("train/loss", value, prog_bar=True, batch_size=batch["x"].shape[0])
+        return value
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        # Fixed times, noise and masks per batch, so validation losses compare across steps.
+        generator = torch.Generator(device=self.device).manual_seed(batch_idx)
+        value = self._loss(batch, generator, drop_labels=False)
+        self.log("val/loss", value, prog_bar=True, batch_size=batch["x"].shape[0], sync_dist=True)
+        return value
+
+    def on_validation_epoch_end(self) -> None:
+        """A preview of samples (drawn with the averaged weights when EMA is on) every validation."""
+        if self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return
+        n = self.config.get("preview", {}).get("n", 16)
+        out = self.generate(n, seed=0)
+        path = Path(self.trainer.default_root_dir) / "previews" / f"step_{self.global_step:06d}.png"
+        self.domain.preview(out["x"], path, out["labels"])
+        for logger in self.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                picture = np.asarray(Image.open(path).convert("RGB"))
+                logger.experiment.add_image("preview", picture, self.global_step, dataformats="HWC")
+
+    def configure_optimizers(self):
+        cfg = self.config["optim"]
+        opt = torch.optim.AdamW(
+            self.net.parameters(), lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0), betas=tuple(cfg["betas"])
+        )
+        warmup = max(1, int(cfg.get("warmup_steps", 0)))
+        total = self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else None
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            if cfg.get("decay", "constant") == "cosine" and total:
+                progress = min(1.0, (step - warmup) / max(1, total - warmup))
+                return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+            return 1.0
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # --- generation -----------------------------------------------------------------------
+
+    def denoiser(self) -> Denoiser:
+        return Denoiser(self.net, self.schedule, self.config["loss"]["target"])
+
+    @torch.no_grad()
+    def generate(
+        self,
+        n: int,
+        seed: int | list[int] = 0,
+        labels: Tensor | None = None,
+        method: str | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+        trajectory_every: int = 0,
+        progress: bool = False,
+        **sampler_kwargs,
+    ) -> dict:
+        """Draw ``n`` samples in model space with the configured (or given) sampler settings.
+
+        Returns a dict with ``x``, ``labels`` (or None), ``seeds`` and ``trajectory``: the clean
+        estimates x0_hat every ``trajectory_every`` steps, [K, n, ...], ending with ``x`` (or None).
+        ``sampler_kwargs`` (known_mask/known_values, x_init/strength, ...) go to the sampler.
+        """
+        cfg = self.config["sampler"]
+        method = method or cfg["method"]
+        steps = steps or cfg["steps"]
+        guidance = cfg.get("guidance") if guidance is None else guidance
+        was_training = self.net.training
+        self.net.eval()
+        inputs = self.domain.sampling_inputs(n, labels=labels, seed=seed if isinstance(seed, int) else seed[0])
+        inputs = {k: _to(v, self.device) for k, v in inputs.items()}
+        cond = inputs.pop("cond", {})
+        inputs.update(sampler_kwargs)
+        shape = tuple(inputs.pop("shape", (n, *self.domain.sample_shape)))
+        if guidance is not None and guidance != 1.0 and "label" in cond:
+            inputs.update(guidance=guidance, uncond=self.domain.null_cond(cond))
+        seeds = sampler.seeds_for(seed, n)
+        result = sampler.sample(
+            self.denoiser(),
+            shape,
+            self.schedule,
+            method,
+            steps,
+            seeds,
+            cond=cond,
+            trajectory_every=trajectory_every,
+            progress=progress,
+            device=self.device,
+            **inputs,
+        )
+        self.net.train(was_training)
+        x, traj = result if trajectory_every else (result, None)
+        trajectory = traj.x0_hat if traj is not None else None
+        return {"x": x, "labels": cond.get("label"), "seeds": seeds, "trajectory": trajectory}
+
+
+def _to(value, device):
+    if isinstance(value, Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _to(v, device) for k, v in value.items()}
+    return value
+
+
+def load_module(path: str | Path, map_location: str = "cpu") -> DiffusionModule:
+    """A trained module from a checkpoint, with the averaged (EMA) weights that Lightning's
+    weight-averaging callback stores as the checkpoint's ``state_dict``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; pass the path of a .ckpt file (e.g. last.ckpt)")
+    module = DiffusionModule.load_from_checkpoint(path, map_location=map_location, weights_only=True)
+    module.eval()
+    return module
