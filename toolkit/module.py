@@ -29,6 +29,8 @@ def build_domain(domain_cfg: dict) -> Domain:
     try:
         return hydra.utils.instantiate(domain_cfg, _recursive_=False, _convert_="all")
     except hydra.errors.InstantiationException as error:
+        if isinstance(error.__cause__, (ValueError, OSError)):
+            raise error.__cause__ from None  # the domain's own message says what is wrong
         raise ValueError(f"cannot build domain {domain_cfg.get('_target_')}: {error.__cause__ or error}") from error
 
 

@@ -45,8 +45,9 @@ def callbacks(config: dict, run_dir: Path) -> list[L.Callback]:
             save_top_k=-1,
             save_last=True,
         ),
-        TQDMProgressBar(refresh_rate=10),
     ]
+    if config["trainer"].get("enable_progress_bar", True):
+        found.append(TQDMProgressBar(refresh_rate=10))
     ema = config.get("ema") or {}
     if ema.get("decay") is not None:
         found.append(EMAWeightAveraging(decay=ema["decay"], update_starting_at_step=ema.get("start_step", 0)))
