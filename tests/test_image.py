@@ -8,6 +8,7 @@ from PIL import Image
 from toolkit import viz
 from toolkit.core import sampler, schedule
 from toolkit.core.denoiser import Denoiser
+from toolkit.domains.data import split_indices
 from toolkit.domains.image import (
     ImageDomain,
     img2img_kwargs,
@@ -16,7 +17,6 @@ from toolkit.domains.image import (
     load_mask,
     outpaint_canvas,
     outpaint_kwargs,
-    split_indices,
 )
 from toolkit.nets.unet import UNet
 
