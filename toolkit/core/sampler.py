@@ -207,7 +207,9 @@ def sample(
       ``x0 = x0(uncond) + guidance * (x0(cond) - x0(uncond))``; ``uncond`` may be a negative prompt.
     - ``known_mask`` (1 = known) with ``known_values``: the known region is held at its value in
       every clean estimate, so the noisy state carries it at the right noise level, and it is
-      returned exactly (inpainting, outpainting, imputation).
+      returned exactly (inpainting, outpainting, imputation). This replacement conditioning is
+      approximate for the rest: it is denoised against a noisy copy of the known part, and lands
+      short of the exact conditional; a network conditioned on the known values is exact.
     - ``x_init`` with ``strength`` in (0, 1]: start from ``x_init`` noised to t = strength
       (image-to-image); strength 1 ignores x_init's content.
     - ``spacing``: ``uniform``, ``logsnr`` or ``karras``; by default the method's own.
