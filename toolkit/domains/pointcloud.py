@@ -1,0 +1,683 @@
+"""3D shapes as point clouds: meshes and point clouds in, PLY point clouds and renders out.
+
+Data. ``data_dir`` is a folder of files trimesh reads: OBJ, PLY, STL, OFF, GLB. Sub-folders are
+classes (sorted by name; each one's files are searched recursively); a folder with files and no
+sub-folders is one unlabelled set (unconditional model). Material, texture, metadata and text
+files next to the shapes are ignored (``COMPANION_FILES``); any other file is an error. Meshes
+are sampled to ``num_points`` points uniformly over their surface (area-weighted,
+``trimesh.sample.sample_surface``). A PLY without faces is a point cloud and is taken as it is:
+with more than ``num_points`` points a random subset (without replacement) is kept, with fewer,
+all points plus randomly repeated ones (with replacement). Both draws are seeded by ``seed`` and
+the file's relative path, so they do not depend on the other files. Without ``data_dir``, a
+procedural set of five classes (airplane, chair, lamp, mug, table) built from trimesh primitives
+is generated on first use and cached as PLY meshes.
+
+Normalisation (published metrics depend on it), per ``normalization``:
+
+- ``unit_sphere``: per shape, centre at the centre of the bounding box of its points, then scale so
+  that the farthest point lies at radius 1.
+- ``bbox``: per shape, centre at the bounding-box centre, then scale so that the longest side spans
+  [-1, 1] (aspect ratio kept; every point in [-1, 1]^3).
+- ``global``: one centre and scale for the whole set, from the training split: the mean of all
+  training points and the largest distance of a training point from it, so that training shapes
+  lie in the unit ball and keep their relative sizes. Validation shapes use the same centre/scale.
+
+Model space is ``[num_points, 3]`` float32 in that normalised frame; ``decode`` returns it as numpy
+(samples are not mapped back to any one source file's frame). Coordinates are y-up (ShapeNet and
+glTF convention), which the fixed viewpoint of the renders assumes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import trimesh
+from hydra.utils import instantiate
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from toolkit import viz
+from toolkit.domains.base import Domain
+
+SUPPORTED_FORMATS = (".obj", ".ply", ".stl", ".off", ".glb")
+COMPANION_FILES = (
+    *(".mtl", ".png", ".jpg", ".jpeg", ".bmp", ".tga", ".tif", ".tiff"),  # materials and textures
+    *(".txt", ".md", ".json", ".csv", ".yaml", ".yml", ""),  # notes, metadata, LICENSE, README
+)
+NORMALIZATIONS = ("unit_sphere", "bbox", "global")
+PROCEDURAL_VERSION = 1
+RENDER_SIZE = 128
+PROGRESSION_ROWS = 8
+NEAR_COLOUR = np.array([24, 52, 128]) / 255
+FAR_COLOUR = np.array([176, 204, 236]) / 255
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading shapes
+
+
+def load_geometry(path: Path) -> trimesh.Trimesh | trimesh.PointCloud:
+    """Read one file into a checked triangle mesh or (PLY only) point cloud; raise ValueError with
+    the reason when the file cannot serve as a shape."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_FORMATS:
+        raise ValueError(f"{path}: unsupported format {suffix or '(none)'!r}; convert it to one of {SUPPORTED_FORMATS}")
+    try:
+        loaded = trimesh.load(path, process=False)
+    except Exception as err:
+        raise ValueError(f"{path}: trimesh could not read it ({err})") from err
+    if isinstance(loaded, trimesh.Scene):
+        if not loaded.geometry:
+            raise ValueError(f"{path}: empty file, it holds no geometry")
+        loaded = loaded.to_geometry()
+    if not isinstance(loaded, trimesh.Trimesh | trimesh.PointCloud):
+        raise ValueError(f"{path}: holds a {type(loaded).__name__}, not a mesh or point cloud")
+    vertices = np.asarray(loaded.vertices, dtype=np.float64)
+    if vertices.ndim != 2 or vertices.shape[1] != 3 or len(vertices) == 0:
+        raise ValueError(f"{path}: empty mesh, it has no vertices")
+    if not np.isfinite(vertices).all():
+        raise ValueError(f"{path}: has NaN or infinite vertex coordinates; repair or remove the file")
+    faces = np.asarray(getattr(loaded, "faces", np.zeros((0, 3))))
+    if len(faces) == 0:
+        if suffix != ".ply":
+            raise ValueError(
+                f"{path}: mesh has no faces, so there is no surface to sample; store point clouds as PLY without faces"
+            )
+        return trimesh.PointCloud(vertices)
+    if faces.min() < 0 or faces.max() >= len(vertices):
+        raise ValueError(f"{path}: faces refer to vertices that do not exist")
+    mesh = trimesh.Trimesh(vertices=vertices, faces=faces, process=False)
+    if not mesh.area > 0:
+        raise ValueError(f"{path}: all faces have zero area, so there is no surface to sample")
+    return mesh
+
+
+def sample_points(geometry: trimesh.Trimesh | trimesh.PointCloud, num_points: int, seed: int | list[int]) -> np.ndarray:
+    """``num_points`` points [N, 3]: area-weighted surface samples of a mesh, or a seeded subset /
+    padding (repeated points) of a point cloud."""
+    rng = np.random.default_rng(seed)
+    if isinstance(geometry, trimesh.Trimesh):
+        points, _ = trimesh.sample.sample_surface(geometry, num_points, seed=rng)
+        return np.asarray(points, dtype=np.float64)
+    vertices = np.asarray(geometry.vertices, dtype=np.float64)
+    if len(vertices) >= num_points:
+        return vertices[np.sort(rng.choice(len(vertices), num_points, replace=False))]
+    extra = rng.choice(len(vertices), num_points - len(vertices), replace=True)
+    return np.concatenate([vertices, vertices[extra]])
+
+
+def list_shape_files(data_dir: Path) -> tuple[list[str] | None, list[tuple[Path, int]]]:
+    """Class names (None for a flat, unlabelled folder) and ``(file, label)`` pairs, sorted."""
+    data_dir = Path(data_dir).expanduser()
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"point-cloud data folder {str(data_dir)!r} does not exist (set domain.data_dir)")
+    class_dirs = sorted(p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if class_dirs:
+        class_names = [p.name for p in class_dirs]
+        files = [(f, label) for label, d in enumerate(class_dirs) for f in _shape_files(d, recursive=True)]
+        stray = _shape_files(data_dir, recursive=False)
+        if stray:
+            raise ValueError(
+                f"{data_dir}: has class sub-folders and also shapes at its top level ({stray[0].name}, ...); "
+                "move every shape into a class folder"
+            )
+        used = {label for _, label in files}
+        empty = [name for label, name in enumerate(class_names) if label not in used]
+        if empty:
+            raise ValueError(f"{data_dir}: class folders without shapes: {empty}; remove them or add shapes")
+    else:
+        class_names = None
+        files = [(f, 0) for f in _shape_files(data_dir, recursive=False)]
+    if not files:
+        raise ValueError(f"{data_dir}: no shapes found; expected files in {SUPPORTED_FORMATS}")
+    return class_names, files
+
+
+def _shape_files(folder: Path, recursive: bool) -> list[Path]:
+    candidates = sorted(folder.rglob("*") if recursive else folder.iterdir())
+    files = [p for p in candidates if p.is_file() and not p.name.startswith(".")]
+    unsupported = [p for p in files if p.suffix.lower() not in SUPPORTED_FORMATS + COMPANION_FILES]
+    if unsupported:
+        raise ValueError(
+            f"unsupported file format: {unsupported[0]} (and {len(unsupported) - 1} more); "
+            f"convert shapes to one of {SUPPORTED_FORMATS} or move other files out of the data folder"
+        )
+    return [p for p in files if p.suffix.lower() in SUPPORTED_FORMATS]
+
+
+def path_seed(seed: int, relative_path: str) -> list[int]:
+    """A seed for one file that depends on the run seed and the file's path only."""
+    return [seed, zlib.crc32(relative_path.encode())]
+
+
+# ----------------------------------------------------------------------------------------------
+# Normalisation
+
+
+def normalize_shapes(points: np.ndarray, mode: str) -> np.ndarray:
+    """Per-shape normalisation of [n, N, 3] (``unit_sphere`` or ``bbox``; see the module docstring)."""
+    low, high = points.min(axis=1, keepdims=True), points.max(axis=1, keepdims=True)
+    centred = points - (low + high) / 2
+    if mode == "unit_sphere":
+        scale = np.linalg.norm(centred, axis=2).max(axis=1)
+    elif mode == "bbox":
+        scale = ((high - low) / 2).max(axis=2)[:, 0]
+    else:
+        raise ValueError(f"unknown per-shape normalization {mode!r}; choose 'unit_sphere' or 'bbox'")
+    if (scale <= 0).any():
+        raise ValueError(f"{int((scale <= 0).sum())} shape(s) collapse to a single point and cannot be normalised")
+    return centred / scale[:, None, None]
+
+
+def fit_global_frame(points: np.ndarray) -> tuple[np.ndarray, float]:
+    """Centre (mean of all points) and scale (largest distance from it) of a set [n, N, 3]."""
+    centre = points.reshape(-1, 3).mean(axis=0)
+    scale = float(np.linalg.norm(points - centre, axis=2).max())
+    if scale <= 0:
+        raise ValueError("all training points coincide; the set cannot be normalised")
+    return centre, scale
+
+
+# ----------------------------------------------------------------------------------------------
+# The procedural default data set (z-up while building, rotated to y-up at the end)
+
+PROCEDURAL_CLASSES = ("airplane", "chair", "lamp", "mug", "table")
+Z_UP_TO_Y_UP = trimesh.transformations.rotation_matrix(-np.pi / 2, [1, 0, 0])
+
+
+def _box(extents, centre, angle_z: float = 0.0) -> trimesh.Trimesh:
+    transform = trimesh.transformations.rotation_matrix(angle_z, [0, 0, 1])
+    transform[:3, 3] = centre
+    return trimesh.creation.box(extents=extents, transform=transform)
+
+
+def _cylinder(radius: float, height: float, centre, axis=(0, 0, 1), sections: int = 20) -> trimesh.Trimesh:
+    transform = trimesh.geometry.align_vectors([0, 0, 1], axis)
+    transform[:3, 3] = centre
+    return trimesh.creation.cylinder(radius=radius, height=height, sections=sections, transform=transform)
+
+
+def _chair(rng: np.random.Generator) -> list[trimesh.Trimesh]:
+    width, depth = rng.uniform(0.8, 1.2), rng.uniform(0.8, 1.1)
+    seat_height, seat_thickness = rng.uniform(0.8, 1.1), rng.uniform(0.06, 0.14)
+    leg, back_height = rng.uniform(0.05, 0.11), rng.uniform(0.7, 1.4)
+    parts = [_box([width, depth, seat_thickness], [0, 0, seat_height])]
+    round_legs = rng.random() < 0.5
+    for sx in (-1, 1):
+        for sy in (-1, 1):
+            centre = [sx * (width / 2 - leg), sy * (depth / 2 - leg), seat_height / 2]
+            parts.append(
+                _cylinder(leg / 2, seat_height, centre) if round_legs else _box([leg, leg, seat_height], centre)
+            )
+    back_centre = [0, depth / 2 - seat_thickness / 2, seat_height + back_height / 2]
+    parts.append(_box([width, seat_thickness, back_height], back_centre))
+    if rng.random() < 0.4:
+        arm_height = rng.uniform(0.2, 0.35)
+        for sx in (-1, 1):
+            parts.append(_box([leg, depth, leg], [sx * (width / 2 - leg / 2), 0, seat_height + arm_height]))
+            parts.append(
+                _box(
+                    [leg, leg, arm_height],
+                    [sx * (width / 2 - leg / 2), -depth / 2 + leg, seat_height + arm_height / 2],
+                )
+            )
+    return parts
+
+
+def _table(rng: np.random.Generator) -> list[trimesh.Trimesh]:
+    height, top_thickness = rng.uniform(0.9, 1.3), rng.uniform(0.05, 0.12)
+    top_z = height - top_thickness / 2
+    if rng.random() < 0.4:
+        radius = rng.uniform(0.6, 1.0)
+        pole = rng.uniform(0.06, 0.12)
+        return [
+            _cylinder(radius, top_thickness, [0, 0, top_z], sections=32),
+            _cylinder(pole, height, [0, 0, height / 2]),
+            _cylinder(rng.uniform(0.3, 0.6) * radius, 0.06, [0, 0, 0.03], sections=32),
+        ]
+    width, depth, leg = rng.uniform(1.4, 2.4), rng.uniform(0.8, 1.3), rng.uniform(0.06, 0.12)
+    parts = [_box([width, depth, top_thickness], [0, 0, top_z])]
+    for sx in (-1, 1):
+        for sy in (-1, 1):
+            parts.append(_box([leg, leg, height], [sx * (width / 2 - leg), sy * (depth / 2 - leg), height / 2]))
+    return parts
+
+
+def _lamp(rng: np.random.Generator) -> list[trimesh.Trimesh]:
+    base_radius, base_height = rng.uniform(0.25, 0.45), rng.uniform(0.05, 0.12)
+    pole_height, pole_radius = rng.uniform(1.0, 2.0), rng.uniform(0.02, 0.05)
+    shade_radius, shade_height = rng.uniform(0.3, 0.6), rng.uniform(0.3, 0.6)
+    top = base_height + pole_height
+    parts = [
+        _cylinder(base_radius, base_height, [0, 0, base_height / 2], sections=32),
+        _cylinder(pole_radius, pole_height, [0, 0, base_height + pole_height / 2]),
+    ]
+    if rng.random() < 0.5:
+        cone = trimesh.creation.cone(radius=shade_radius, height=shade_height * 1.6, sections=32)
+        cone.apply_translation([0, 0, top - shade_height / 2])
+        parts.append(cone)
+    else:
+        shade = trimesh.creation.annulus(
+            r_min=shade_radius * 0.92, r_max=shade_radius, height=shade_height, sections=32
+        )
+        shade.apply_translation([0, 0, top])
+        parts.append(shade)
+    parts.append(trimesh.creation.icosphere(subdivisions=1, radius=pole_radius * 2.5).apply_translation([0, 0, top]))
+    return parts
+
+
+def _mug(rng: np.random.Generator) -> list[trimesh.Trimesh]:
+    radius, height = rng.uniform(0.4, 0.6), rng.uniform(0.7, 1.2)
+    wall = rng.uniform(0.04, 0.08)
+    body = trimesh.creation.annulus(r_min=radius - wall, r_max=radius, height=height, sections=40)
+    body.apply_translation([0, 0, height / 2])
+    bottom = _cylinder(radius, wall, [0, 0, wall / 2], sections=40)
+    handle_radius, handle_thickness = rng.uniform(0.22, 0.32) * height, rng.uniform(0.04, 0.07)
+    handle = trimesh.creation.torus(
+        major_radius=handle_radius, minor_radius=handle_thickness, major_sections=24, minor_sections=8
+    )
+    handle.apply_transform(trimesh.transformations.rotation_matrix(np.pi / 2, [1, 0, 0]))
+    handle.apply_translation([radius, 0, height * rng.uniform(0.45, 0.6)])
+    return [body, bottom, handle]
+
+
+def _airplane(rng: np.random.Generator) -> list[trimesh.Trimesh]:
+    length, body_radius = rng.uniform(2.5, 3.5), rng.uniform(0.14, 0.24)
+    span, chord, sweep = rng.uniform(2.4, 3.8), rng.uniform(0.4, 0.7), rng.uniform(0.0, 0.5)
+    fuselage = trimesh.creation.capsule(height=length - 2 * body_radius, radius=body_radius, count=[16, 16])
+    fuselage.apply_transform(trimesh.geometry.align_vectors([0, 0, 1], [1, 0, 0]))
+    parts = [fuselage]
+    wing_x = rng.uniform(-0.2, 0.3)
+    for side in (-1, 1):
+        half = span / 2
+        parts.append(
+            _box([chord, half, 0.05], [wing_x - sweep * half / 2, side * half / 2, 0], -side * np.arctan(sweep))
+        )
+    tail_x, tail_span = -length / 2 + chord * 0.3, span * rng.uniform(0.25, 0.4)
+    parts.append(_box([chord * 0.6, tail_span, 0.04], [tail_x, 0, 0]))
+    fin_height = rng.uniform(0.35, 0.6)
+    parts.append(_box([chord * 0.7, 0.04, fin_height], [tail_x, 0, fin_height / 2 + body_radius * 0.5]))
+    if rng.random() < 0.6:
+        for side in (-1, 1):
+            offset = rng.uniform(0.25, 0.4) * span
+            parts.append(_cylinder(0.09, 0.5, [wing_x - sweep * offset + 0.15, side * offset, -0.12], axis=(1, 0, 0)))
+    return parts
+
+
+PROCEDURAL_BUILDERS: dict[str, Callable[[np.random.Generator], list[trimesh.Trimesh]]] = {
+    "airplane": _airplane,
+    "chair": _chair,
+    "lamp": _lamp,
+    "mug": _mug,
+    "table": _table,
+}
+
+
+def procedural_shape(class_name: str, index: int, seed: int = 0) -> trimesh.Trimesh:
+    """Shape ``index`` of a procedural class, y-up; the same (class, index, seed) gives the same mesh."""
+    if class_name not in PROCEDURAL_BUILDERS:
+        raise ValueError(f"unknown procedural class {class_name!r}; choose one of {PROCEDURAL_CLASSES}")
+    rng = np.random.default_rng([seed, PROCEDURAL_CLASSES.index(class_name), index])
+    mesh = trimesh.util.concatenate(PROCEDURAL_BUILDERS[class_name](rng))
+    mesh.apply_transform(Z_UP_TO_Y_UP)
+    return mesh
+
+
+def default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "toolkit" / "pointcloud"
+
+
+def procedural_dataset(shapes_per_class: int, seed: int = 0, cache_dir: str | Path | None = None) -> Path:
+    """The folder of the procedural set (one sub-folder of PLY meshes per class), generated on
+    first use. It is written to a temporary folder and renamed into place, so a half-written set
+    is never seen, even with several processes at once."""
+    if shapes_per_class < 1:
+        raise ValueError(f"shapes_per_class must be >= 1, got {shapes_per_class}")
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    target = root / f"procedural-v{PROCEDURAL_VERSION}-seed{seed}-n{shapes_per_class}"
+    if target.is_dir():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=root))
+    try:
+        for class_name in PROCEDURAL_CLASSES:
+            (staging / class_name).mkdir()
+            for i in range(shapes_per_class):
+                procedural_shape(class_name, i, seed).export(staging / class_name / f"{i:04d}.ply")
+        os.rename(staging, target)
+    except OSError:
+        if not target.is_dir():
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+# ----------------------------------------------------------------------------------------------
+# Pictures
+
+
+def view_rotation(azimuth_deg: float = 35.0, elevation_deg: float = 25.0) -> np.ndarray:
+    """Rotation [3, 3] of the fixed camera: turn about the up axis (y), then tilt towards the viewer."""
+    a, e = np.radians(azimuth_deg), np.radians(elevation_deg)
+    turn = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+    tilt = np.array([[1, 0, 0], [0, np.cos(e), -np.sin(e)], [0, np.sin(e), np.cos(e)]])
+    return tilt @ turn
+
+
+VIEW = view_rotation()
+
+
+def render_cloud(points: np.ndarray, size: int = RENDER_SIZE, extent: float = 1.0) -> np.ndarray:
+    """Render [N, 3] points as depth-shaded dots: RGB floats in [0, 1], [size, size, 3], on white.
+
+    Orthographic projection after the fixed rotation ``VIEW``; the square [-extent, extent]^2 (plus
+    a 5% margin) fills the picture, points outside it are cut. Each dot is a small disc; where dots
+    overlap the nearest wins (a z-buffer), and nearer points are darker.
+    """
+    points = np.asarray(points, dtype=np.float64)
+    image = np.ones((size * size, 3), dtype=np.float32)
+    points = points[np.isfinite(points).all(axis=1)]
+    if len(points) == 0:
+        return image.reshape(size, size, 3)
+    rotated = points @ VIEW.T
+    half = (size - 1) / 2
+    scale = half / (1.05 * extent)
+    rows = np.rint(half - rotated[:, 1] * scale).astype(np.int64)
+    cols = np.rint(half + rotated[:, 0] * scale).astype(np.int64)
+    depth = rotated[:, 2]
+    nearness = np.clip((depth / extent + 1) / 2, 0, 1)[:, None]
+    colours = (FAR_COLOUR + nearness * (NEAR_COLOUR - FAR_COLOUR)).astype(np.float32)
+
+    radius = max(1, round(size / 110))
+    dy, dx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+    disc = dy**2 + dx**2 <= radius**2 + radius / 2
+    dot_rows = (rows[:, None] + dy[disc][None]).ravel()
+    dot_cols = (cols[:, None] + dx[disc][None]).ravel()
+    owner = np.repeat(np.arange(len(points)), disc.sum())
+    inside = (dot_rows >= 0) & (dot_rows < size) & (dot_cols >= 0) & (dot_cols < size)
+    pixel, owner = dot_rows[inside] * size + dot_cols[inside], owner[inside]
+    if len(pixel) == 0:
+        return image.reshape(size, size, 3)
+    order = np.lexsort((depth[owner], pixel))
+    nearest = order[np.r_[pixel[order][1:] != pixel[order][:-1], True]]
+    image[pixel[nearest]] = colours[owner[nearest]]
+    return image.reshape(size, size, 3)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data module
+
+
+@dataclass
+class PointSet:
+    """Normalised clouds [n, N, 3] with their labels [n] (all 0 for an unlabelled set)."""
+
+    points: Tensor
+    labels: Tensor
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+
+class PointSetDataset(Dataset):
+    def __init__(self, data: PointSet, with_labels: bool):
+        self.data, self.with_labels = data, with_labels
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        item = {"x": self.data.points[i]}
+        if self.with_labels:
+            item["label"] = self.data.labels[i]
+        return item
+
+
+class PointCloudDataModule(L.LightningDataModule):
+    def __init__(self, domain: PointCloudDomain, batch_size: int, num_workers: int = 0, seed: int = 0):
+        super().__init__()
+        self.domain, self.batch_size, self.num_workers, self.seed = domain, batch_size, num_workers, seed
+
+    def setup(self, stage: str | None = None) -> None:
+        with_labels = self.domain.num_classes > 0
+        self.train_set = PointSetDataset(self.domain.split("train"), with_labels)
+        self.val_set = PointSetDataset(self.domain.split("val"), with_labels)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=len(self.train_set) >= self.batch_size,
+            num_workers=self.num_workers,
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=self.batch_size, num_workers=self.num_workers)
+
+
+# ----------------------------------------------------------------------------------------------
+# The domain
+
+
+class PointCloudDomain(Domain):
+    """Point clouds [num_points, 3] from a folder of meshes / point clouds or the procedural set.
+
+    See the module docstring for how files become points and how they are normalised.
+    ``val_fraction`` of each class (at least one shape when a class has two or more) is held out,
+    chosen by ``seed``; ``shapes_per_class`` and ``cache_dir`` concern the procedural set only.
+
+    ``class_names`` and ``global_frame`` (``{"centre": [x, y, z], "scale": s}``) are normally found
+    from the data; checkpoints store them (``checkpoint_kwargs``) so that the domain rebuilds, and
+    samples decode, without the data at hand. ``class_names=[]`` means an unlabelled set.
+    """
+
+    name = "pointcloud"
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        num_points: int = 2048,
+        normalization: str = "unit_sphere",
+        val_fraction: float = 0.1,
+        shapes_per_class: int = 200,
+        cache_dir: str | None = None,
+        seed: int = 0,
+        class_names: list[str] | None = None,
+        global_frame: dict | None = None,
+        net: dict | None = None,
+    ):
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"unknown normalization {normalization!r}; choose one of {NORMALIZATIONS}")
+        if num_points < 1:
+            raise ValueError(f"num_points must be >= 1, got {num_points}")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        self.data_dir = Path(data_dir).expanduser() if data_dir else None
+        self.num_points, self.normalization, self.val_fraction = num_points, normalization, val_fraction
+        self.shapes_per_class, self.cache_dir, self.seed = shapes_per_class, cache_dir, seed
+        self.net_cfg = dict(net) if net is not None else {"_target_": "toolkit.nets.point_transformer.PointTransformer"}
+        self.sample_shape = (num_points, 3)
+        if class_names is not None:
+            self.class_names = list(class_names) or None
+        elif self.data_dir is None:
+            self.class_names = list(PROCEDURAL_CLASSES)
+        else:
+            self.class_names, _ = list_shape_files(self.data_dir)
+        self.num_classes = len(self.class_names) if self.class_names else 0
+        self.global_centre: np.ndarray | None = None
+        self.global_scale: float | None = None
+        if global_frame is not None:
+            self.global_centre = np.asarray(global_frame["centre"], dtype=np.float64).reshape(3)
+            self.global_scale = float(global_frame["scale"])
+            if not self.global_scale > 0:
+                raise ValueError(f"global_frame scale must be > 0, got {self.global_scale}")
+        self._splits: dict[str, PointSet] | None = None
+
+    def checkpoint_kwargs(self) -> dict:
+        """Class names and, for ``global`` normalisation, the training set's frame (reads the data
+        once if it was not given)."""
+        kwargs: dict = {"class_names": list(self.class_names or [])}
+        if self.normalization == "global":
+            if self.global_scale is None:
+                self.split("train")
+            kwargs["global_frame"] = {"centre": self.global_centre.tolist(), "scale": self.global_scale}
+        return kwargs
+
+    # -- data -------------------------------------------------------------------------------
+
+    def source_dir(self) -> Path:
+        """The folder the shapes are read from (generating the procedural set if needed)."""
+        if self.data_dir is not None:
+            return self.data_dir
+        return procedural_dataset(self.shapes_per_class, self.seed, self.cache_dir)
+
+    def split(self, name: str) -> PointSet:
+        """The normalised ``train`` or ``val`` set (read and sampled once, then kept in memory)."""
+        if name not in ("train", "val"):
+            raise ValueError(f"unknown split {name!r}; choose 'train' or 'val'")
+        if self._splits is None:
+            self._splits = self._load_splits()
+        return self._splits[name]
+
+    def _load_splits(self) -> dict[str, PointSet]:
+        root = self.source_dir()
+        found_classes, files = list_shape_files(root)
+        if found_classes != self.class_names:
+            raise ValueError(
+                f"{root}: holds classes {found_classes or '(none: unlabelled)'} but the domain was built for "
+                f"{self.class_names or '(none: unlabelled)'}; the class folders must match class_names"
+            )
+        raw = np.stack(
+            [
+                sample_points(load_geometry(f), self.num_points, path_seed(self.seed, f.relative_to(root).as_posix()))
+                for f, _ in files
+            ]
+        )
+        labels = np.array([label for _, label in files], dtype=np.int64)
+        is_val = self._validation_mask(labels)
+        if self.normalization == "global":
+            if self.global_scale is None:
+                self.global_centre, self.global_scale = fit_global_frame(raw[~is_val])
+            normalised = (raw - self.global_centre) / self.global_scale
+        else:
+            normalised = normalize_shapes(raw, self.normalization)
+        points, labels_t = torch.from_numpy(normalised.astype(np.float32)), torch.from_numpy(labels)
+        is_val_t = torch.from_numpy(is_val)
+        return {
+            "train": PointSet(points[~is_val_t], labels_t[~is_val_t]),
+            "val": PointSet(points[is_val_t], labels_t[is_val_t]),
+        }
+
+    def _validation_mask(self, labels: np.ndarray) -> np.ndarray:
+        rng = np.random.default_rng(self.seed)
+        is_val = np.zeros(len(labels), dtype=bool)
+        for label in np.unique(labels):
+            members = np.flatnonzero(labels == label)
+            count = round(self.val_fraction * len(members))
+            if self.val_fraction > 0 and len(members) >= 2:
+                count = min(max(count, 1), len(members) - 1)
+            is_val[rng.permutation(members)[:count]] = True
+        return is_val
+
+    def datamodule(self, batch_size: int, num_workers: int = 0, seed: int = 0) -> L.LightningDataModule:
+        return PointCloudDataModule(self, batch_size, num_workers, seed)
+
+    # -- network ----------------------------------------------------------------------------
+
+    def build_net(self) -> nn.Module:
+        return instantiate(self.net_cfg, num_classes=self.num_classes)
+
+    # -- output -----------------------------------------------------------------------------
+
+    def decode(self, x: Tensor) -> np.ndarray:
+        """Model space -> float32 numpy [..., N, 3]: in the data's units for ``global`` normalisation
+        (one frame for all shapes), in the normalised frame for per-shape normalisations (each
+        source shape had its own, so there is no one frame to return to)."""
+        points = x.detach().to("cpu", torch.float64).numpy()
+        if self.normalization == "global":
+            if self.global_scale is None:
+                self.split("train")
+            points = points * self.global_scale + self.global_centre
+        return points.astype(np.float32)
+
+    def render_extent(self) -> float:
+        """Half-width of the rendered square: the unit ball, or the cube [-1, 1]^3 for ``bbox``."""
+        return float(np.sqrt(3.0)) if self.normalization == "bbox" else 1.0
+
+    def render(self, x: Tensor | np.ndarray, size: int = RENDER_SIZE) -> np.ndarray:
+        """Picture of one cloud given in model space (the normalised frame)."""
+        points = x.detach().cpu().numpy() if isinstance(x, Tensor) else x
+        return render_cloud(points, size, self.render_extent())
+
+    def caption(self, label: int | None) -> str | None:
+        if label is None or not self.class_names or not 0 <= label < len(self.class_names):
+            return None
+        return self.class_names[label]
+
+    def save_renders(self, renders: list[np.ndarray], path: Path, labels: list[int | None]) -> Path:
+        """A grid of renders: one row per class when there are labels, else near square."""
+        if any(label is None for label in labels):
+            return viz.save_grid(np.stack(renders), path)
+        arranged, ncol = viz.rows_by_label(np.stack(renders), labels)
+        return viz.save_grid(arranged, path, ncol=ncol)
+
+    def preview(self, x: Tensor, path: Path, labels: Tensor | None = None) -> Path:
+        renders = [self.render(cloud) for cloud in x]
+        label_list = [int(v) for v in labels] if labels is not None else [None] * len(renders)
+        return self.save_renders(renders, Path(path), label_list)
+
+    def save(
+        self,
+        x: Tensor,
+        out_dir: Path,
+        labels: Tensor | None,
+        seeds: list[int],
+        trajectory: Tensor | None = None,
+    ) -> list[Path]:
+        """Per sample a PLY point cloud (``decode``d) and a PNG render; ``samples.npz`` with
+        ``points`` [n, N, 3] (as in the PLY files), ``labels`` [n] (-1 when unconditional) and
+        ``seeds`` [n]; ``grid.png`` (a row per class); and with a trajectory [steps, n, N, 3],
+        ``progression.png`` (a row for each of the first ``PROGRESSION_ROWS`` samples, left to right
+        from the first snapshot to the result)."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        clouds = self.decode(x)
+        if len(seeds) != len(clouds):
+            raise ValueError(f"got {len(seeds)} seeds for {len(clouds)} samples")
+        label_list = [int(v) for v in labels] if labels is not None else [None] * len(clouds)
+        written, renders = [], []
+        for i, (cloud, label, seed) in enumerate(zip(clouds, label_list, seeds, strict=True)):
+            stem = "_".join(filter(None, [f"{i:03d}", self.caption(label), f"seed{seed}"]))
+            ply = out_dir / f"{stem}.ply"
+            trimesh.PointCloud(cloud).export(ply)
+            renders.append(self.render(x[i]))
+            written += [ply, viz.save_png(renders[-1], out_dir / f"{stem}.png")]
+        npz = out_dir / "samples.npz"
+        np.savez(
+            npz,
+            points=clouds,
+            labels=np.array([-1 if v is None else v for v in label_list], dtype=np.int64),
+            seeds=np.array(seeds, dtype=np.int64),
+        )
+        written += [npz, self.save_renders(renders, out_dir / "grid.png", label_list)]
+        if trajectory is not None:
+            frames = trajectory.detach().cpu()
+            if frames.shape[1:] != x.shape:
+                raise ValueError(f"trajectory must be [steps, {len(x)}, N, 3], got {tuple(frames.shape)}")
+            shown = range(min(len(clouds), PROGRESSION_ROWS))
+            rows = np.stack([[self.render(frame, size=96) for frame in frames[:, i]] for i in shown])
+            written.append(viz.save_strip(rows, out_dir / "progression.png"))
+        return written

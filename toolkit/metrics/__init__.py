@@ -1,0 +1,1 @@
+"""Quality metrics for generated samples, one module per modality."""
