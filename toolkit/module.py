@@ -48,6 +48,12 @@ def check_config(config: dict) -> None:
     for section, key in (("optim", "lr"), ("sampler", "steps"), ("data", "batch_size")):
         if not config[section][key] > 0:
             raise ValueError(f"{section}.{key} must be > 0, got {config[section][key]}")
+    ema = config.get("ema") or {}
+    if ema.get("decay") is not None and ema.get("start_step", 0) >= config["trainer"]["max_steps"] > 0:
+        raise ValueError(
+            f"ema.start_step={ema['start_step']} is not below trainer.max_steps={config['trainer']['max_steps']}: "
+            "the averaged weights would never be updated; lower ema.start_step or set ema.decay=null"
+        )
     if not 0 <= config["loss"].get("p_uncond", 0.0) < 1:
         raise ValueError(f"loss.p_uncond must be in [0, 1), got {config['loss']['p_uncond']}")
 
@@ -162,7 +168,7 @@ class DiffusionModule(L.LightningModule):
         self.net.eval()
         inputs = self.domain.sampling_inputs(n, labels=labels, seed=seed if isinstance(seed, int) else seed[0])
         inputs = {k: _to(v, self.device) for k, v in inputs.items()}
-        cond = inputs.pop("cond", {})
+        cond = {**inputs.pop("cond", {}), **sampler_kwargs.pop("cond", {})}
         inputs.update(sampler_kwargs)
         shape = tuple(inputs.pop("shape", (n, *self.domain.sample_shape)))
         if guidance is not None and guidance != 1.0 and "label" in cond:

@@ -1,0 +1,530 @@
+"""The imputation API and CLI on a tiny model trained once for this module: guarantees (observed
+values bit for bit, input untouched, index/columns/dtypes kept) over random frames and gap
+patterns, stitching, seeds, several series, forecasting, bad input, checkpoints, Hydra training."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from toolkit.domains.timeseries import synthetic_frames
+from toolkit.impute import Imputer, extend_frame, main, quantile_suffix
+from toolkit.module import load_module
+from toolkit.train import CONF_DIR, train
+
+WINDOW = 16
+TINY_NET = {
+    "domain.net.channels": 16,
+    "domain.net.layers": 1,
+    "domain.net.heads": 2,
+    "domain.net.time_emb_dim": 16,
+    "domain.net.feature_emb_dim": 4,
+    "domain.net.ff_dim": 32,
+    "sampler.steps": 3,
+}
+# As Hydra overrides: ff_dim is not in conf/domain/timeseries.yaml, so it is added with "+".
+HYDRA_TINY_NET = [f"{'+' if k.endswith('ff_dim') else ''}{k}={v}" for k, v in TINY_NET.items()]
+FAST = {"n_samples": 4, "steps": 2}
+
+
+@pytest.fixture(scope="module")
+def training_frames() -> dict[str, pd.DataFrame]:
+    return synthetic_frames(num_series=2, length=120, num_features=2, seed=0)[0]
+
+
+@pytest.fixture(scope="module")
+def imputer(training_frames, tmp_path_factory) -> Imputer:
+    return Imputer.fit(
+        training_frames,
+        window=WINDOW,
+        stride=4,
+        max_steps=30,
+        batch_size=16,
+        run_dir=tmp_path_factory.mktemp("fit"),
+        **TINY_NET,
+    )
+
+
+def gappy(n: int = 40, seed: int = 0, columns=("x0", "x1")) -> pd.DataFrame:
+    """Hourly values around the training data's scale with about a quarter of the cells missing."""
+    rng = np.random.default_rng(seed)
+    index = pd.date_range("2021-03-01", periods=n, freq="h", name="time")
+    values = rng.normal(size=(n, len(columns))) + 10 * np.arange(len(columns))
+    values[rng.random(values.shape) < 0.25] = np.nan
+    return pd.DataFrame(values, index=index, columns=list(columns))
+
+
+def assert_observed_bits_kept(original: pd.DataFrame, result: pd.DataFrame) -> None:
+    for column in original.columns:
+        assert result[column].dtype == original[column].dtype, column
+        observed = original[column].notna().to_numpy()
+        dtype = getattr(original[column].dtype, "numpy_dtype", original[column].dtype)
+        before = original[column][observed].to_numpy(dtype=dtype)
+        after = result[column][observed].to_numpy(dtype=dtype)
+        if before.dtype != object:
+            assert before.tobytes() == after.tobytes(), column
+        else:
+            assert list(before) == list(after), column
+
+
+# ----------------------------------------------------------------------------- guarantees
+
+
+DTYPES = ("float64", "float32", "Float64", "Int64", "int64")
+
+
+@st.composite
+def frames_with_gaps(draw):
+    n = draw(st.integers(1, 3 * WINDOW))
+    layout = draw(st.sampled_from(["datetime", "shuffled", "range", "time_column", "irregular"]))
+    columns = draw(st.sampled_from([["x0", "x1"], ["x1", "x0"]]))
+    data = {}
+    for column in columns:
+        dtype = draw(st.sampled_from(DTYPES))
+        if dtype in ("Int64", "int64"):
+            values = draw(st.lists(st.integers(-60, 60), min_size=n, max_size=n))
+        else:
+            values = draw(
+                st.lists(
+                    st.floats(-60, 60, allow_nan=False, width=32 if dtype == "float32" else 64),
+                    min_size=n,
+                    max_size=n,
+                )
+            )
+        series = pd.Series(values, dtype=dtype)
+        if dtype != "int64":
+            gaps = draw(st.lists(st.booleans(), min_size=n, max_size=n))
+            series = series.mask(np.array(gaps))
+        data[column] = series
+    frame = pd.DataFrame(data)
+    if layout in ("datetime", "shuffled"):
+        frame.index = pd.date_range("2022-01-01", periods=n, freq="h", name="stamp")
+        if layout == "shuffled":
+            frame = frame.sample(frac=1.0, random_state=draw(st.integers(0, 100)))
+    elif layout == "time_column":
+        frame.insert(0, "t", np.arange(n) * 2.5)
+    elif layout == "irregular":
+        steps = draw(st.lists(st.integers(1, 5), min_size=n, max_size=n))
+        frame.index = pd.DatetimeIndex(pd.Timestamp("2022-01-01") + pd.to_timedelta(np.cumsum(steps), "h"))
+    return frame, ("t" if layout == "time_column" else None)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=frames_with_gaps(), seed=st.integers(0, 2**32))
+def test_random_frames_keep_observed_bits_index_columns_and_dtypes(imputer, case, seed):
+    frame, time_column = case
+    before = frame.copy(deep=True)
+    result = imputer.impute(frame, time_column=time_column, seed=seed, quantiles=(0.1, 0.9), **FAST)
+    pd.testing.assert_frame_equal(frame, before, check_exact=True)  # the input is not modified
+    for out in (result.filled, result.quantile(0.1), result.quantile(0.9)):
+        assert out.index.equals(frame.index) and list(out.columns) == list(frame.columns)
+        assert_observed_bits_kept(frame, out)
+        assert out.notna().all().all()
+    variables = [c for c in frame.columns if c != time_column]
+    assert result.columns == variables and result.samples.shape == (4, len(frame), 2)
+    observed = frame[variables].notna().to_numpy()
+    given_values = frame[variables].astype(float).to_numpy()
+    assert np.array_equal(result.samples[:, observed], np.broadcast_to(given_values[observed], (4, observed.sum())))
+    assert np.isfinite(result.samples).all()
+    low, mid, high = (result.quantile(0.1), result.filled, result.quantile(0.9))
+    for column in variables:
+        gaps = frame[column].isna().to_numpy()
+        lo, md, hi = (f[column].to_numpy(dtype=float)[gaps] for f in (low, mid, high))
+        assert (lo <= md).all() and (md <= hi).all()
+        if str(frame[column].dtype) == "Int64":
+            assert (md == np.rint(md)).all()
+
+
+def test_gaps_get_the_median_of_the_samples(imputer):
+    frame = gappy(30)
+    result = imputer.impute(frame, n_samples=5, steps=2)
+    median = np.median(result.samples, axis=0)
+    gaps = frame.isna().to_numpy()
+    np.testing.assert_array_equal(result.filled.to_numpy()[gaps], median[gaps])
+    spread = np.ptp(result.samples, axis=0)
+    assert (spread[gaps] > 0).all() and (spread[~gaps] == 0).all()
+    np.testing.assert_array_equal(result.quantile(0.25).to_numpy()[gaps], np.quantile(result.samples, 0.25, 0)[gaps])
+
+
+def test_same_seed_same_result_whatever_the_batch_size(imputer):
+    frame = gappy(50)
+    first = imputer.impute(frame, seed=3, **FAST)
+    again = imputer.impute(frame, seed=3, **FAST)
+    chunked = imputer.impute(frame, seed=3, batch_size=5, **FAST)
+    other = imputer.impute(frame, seed=4, **FAST)
+    assert np.array_equal(first.samples, again.samples)
+    np.testing.assert_allclose(chunked.samples, first.samples, rtol=1e-6, atol=1e-6)
+    assert not np.allclose(other.samples, first.samples)
+
+
+def test_unsorted_rows_give_the_sorted_result_in_input_order(imputer):
+    frame = gappy(45, seed=2)
+    shuffled = frame.sample(frac=1.0, random_state=0)
+    ordered = imputer.impute(frame, **FAST)
+    mixed = imputer.impute(shuffled, **FAST)
+    assert mixed.filled.index.equals(shuffled.index)
+    pd.testing.assert_frame_equal(mixed.filled.sort_index(), ordered.filled, check_exact=True, check_freq=False)
+
+
+def test_steps_come_from_their_most_central_window_drawn_with_its_own_seeds(imputer):
+    frame = gappy(40, seed=1)
+    whole = imputer.impute(frame, stride=WINDOW // 2, **FAST)
+    # Windows start at 0, 8, 16, 24; steps 0-11 are most central in the first window, which is
+    # drawn with the same seeds (sample, series 0, start 0) as a frame of its 16 steps alone.
+    first_window = imputer.impute(frame.iloc[:WINDOW], stride=WINDOW // 2, **FAST)
+    np.testing.assert_allclose(whole.samples[:, :12], first_window.samples[:, :12], rtol=1e-6, atol=1e-6)
+    gaps = frame.iloc[12:16].isna().to_numpy()
+    assert gaps.any() and not np.allclose(whole.samples[:, 12:16][:, gaps], first_window.samples[:, 12:16][:, gaps])
+
+
+class InterpolatingDenoiser:
+    """A stand-in for the network with a known answer: x0_hat is the linear interpolation, in each
+    window's time positions, of the values given as conditioning."""
+
+    def __call__(self, x_t, t, cond_values, cond_mask, time_pos):
+        out = torch.zeros_like(x_t)
+        for b, k in np.ndindex(*x_t.shape[:2]):
+            known = cond_mask[b, k] > 0
+            if known.any():
+                pos = time_pos[b].numpy()
+                values = np.interp(pos, pos[known.numpy()], cond_values[b, k][known].numpy())
+                out[b, k] = torch.as_tensor(values)
+        return out
+
+
+def test_windows_positions_and_stitching_reproduce_a_known_denoiser(imputer, monkeypatch):
+    """With a denoiser that interpolates, the imputer must return the interpolation of the whole
+    series: any error in normalising, windowing, time positions, sorting or stitching shows."""
+    monkeypatch.setattr(imputer.module, "denoiser", InterpolatingDenoiser)
+    rng = np.random.default_rng(0)
+    n = 70
+    stamps = pd.Timestamp("2021-01-01") + pd.to_timedelta(np.cumsum(rng.integers(1, 4, n)), "h")
+    hours = (stamps - stamps[0]).total_seconds().to_numpy() / 3600
+    truth = pd.DataFrame({"x0": np.sin(hours / 5), "x1": 10 + np.cos(hours / 7)}, index=stamps)
+    frame = truth.copy()
+    frame.iloc[1::3, 0] = np.nan
+    frame.iloc[2::4, 1] = np.nan
+    shuffled = frame.sample(frac=1.0, random_state=1)
+    result = imputer.impute({"a": shuffled, "b": frame.iloc[:20]}, n_samples=2, steps=3)
+    for name, part in (("a", shuffled), ("b", frame.iloc[:20])):
+        filled = result[name].filled
+        for column in ("x0", "x1"):
+            known = part[column].notna().to_numpy()
+            times = (part.index - stamps[0]).total_seconds().to_numpy()
+            expected = np.interp(times, np.sort(times[known]), part[column][known].to_numpy()[np.argsort(times[known])])
+            np.testing.assert_allclose(filled[column].to_numpy(), expected, rtol=1e-5, atol=1e-5)
+    assert np.ptp(result["a"].samples, axis=0).max() < 1e-5  # deterministic denoiser: equal samples
+
+
+def test_stitching_picks_central_windows():
+    from toolkit.domains.timeseries import Windows
+    from toolkit.impute import _most_central
+
+    windows = Windows(
+        values=np.zeros((3, 1, 8)),
+        time_pos=np.zeros((3, 8)),
+        series_index=np.array([0, 0, 0]),
+        start=np.array([0, 4, 6]),
+        length=np.array([8, 8, 8]),
+    )
+    owner, offset = _most_central(windows, 0, 14, 8)
+    assert owner.tolist() == [0, 0, 0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2, 2]
+    assert offset.tolist() == [0, 1, 2, 3, 4, 5, 2, 3, 4, 3, 4, 5, 6, 7]
+
+
+# ----------------------------------------------------------------------------- several series
+
+
+def test_dict_of_frames_and_series_column_agree(imputer):
+    frames = {"a": gappy(20, seed=5), "b": gappy(33, seed=6)}
+    separate = imputer.impute(frames, **FAST)
+    assert set(separate) == {"a", "b"}
+    long = pd.concat([f.assign(site=name) for name, f in frames.items()]).reset_index()
+    together = imputer.impute(long, time_column="time", series_column="site", **FAST)
+    assert list(together.filled.columns) == ["time", "x0", "x1", "site"]
+    np.testing.assert_array_equal(
+        together.filled[["x0", "x1"]].to_numpy(),
+        np.concatenate([separate["a"].filled.to_numpy(), separate["b"].filled.to_numpy()]),
+    )
+
+
+# ----------------------------------------------------------------------------- edge cases
+
+
+def test_all_missing_and_constant_columns_are_filled(imputer):
+    frame = gappy(24)
+    frame["x1"] = np.nan
+    result = imputer.impute(frame, **FAST)
+    assert result.filled["x1"].notna().all() and result.filled["x1"].dtype == np.float64
+    as_objects = gappy(24).assign(x1=[None] * 24)
+    assert as_objects["x1"].dtype == object
+    assert imputer.impute(as_objects, **FAST).filled["x1"].dtype == np.float64
+    constant = gappy(24).assign(x0=5.0)
+    constant.iloc[3, 0] = np.nan
+    assert imputer.impute(constant, **FAST).filled["x0"].notna().all()
+
+
+def test_series_shorter_than_a_window(imputer):
+    frame = gappy(5)
+    frame.iloc[2] = np.nan
+    result = imputer.impute(frame, **FAST)
+    assert result.filled.shape == (5, 2) and result.filled.notna().all().all()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda f: f.assign(x2=1.0), "not in the model"),
+        (lambda f: f.drop(columns=["x1"]), "missing"),
+        (lambda f: f.assign(x1="high"), "not numeric"),
+        (lambda f: f.assign(x1=f["x1"].astype(str)), "not numeric|stored as text"),
+        (lambda f: f.assign(x1=True), "boolean"),
+        (lambda f: f.assign(x1=np.inf), "infinite"),
+        (lambda f: f.iloc[[0, 1, 1, 2]], "duplicate time stamps"),
+        (lambda f: f.iloc[:0], "empty"),
+        (lambda f: f.assign(x0=1e60), "too far"),
+    ],
+)
+def test_bad_input_is_a_clear_error(imputer, change, message):
+    with pytest.raises(ValueError, match=message):
+        imputer.impute(change(gappy(10)), **FAST)
+
+
+def test_numbers_as_text_are_rejected(imputer):
+    frame = gappy(10).astype(object).astype(str)
+    with pytest.raises(ValueError, match="stored as text|not numeric"):
+        imputer.impute(frame.replace("nan", None), **FAST)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"n_samples": 0}, "n_samples"),
+        ({"quantiles": (0.5, 1.5)}, "quantiles"),
+        ({"sampler": "magic"}, "unknown sampler"),
+        ({"seed": -1}, "seed"),
+        ({"stride": 0}, "stride"),
+    ],
+)
+def test_bad_options_are_clear_errors(imputer, options, message):
+    with pytest.raises(ValueError, match=message):
+        imputer.impute(gappy(10), **{**FAST, **options})
+
+
+def test_wrong_input_types(imputer):
+    with pytest.raises(TypeError, match="DataFrame"):
+        imputer.impute(np.zeros((3, 2)))
+    with pytest.raises(TypeError, match="not DataFrames"):
+        imputer.impute({"a": np.zeros(3)})
+
+
+def test_non_timeseries_models_are_refused():
+    with pytest.raises(ValueError, match="time-series model"):
+        Imputer(SimpleNamespace(domain=SimpleNamespace(name="image")))
+
+
+# ----------------------------------------------------------------------------- forecasting
+
+
+def test_forecast_extends_a_datetime_index_at_its_frequency(imputer):
+    frame = gappy(30).assign(x0=lambda f: f["x0"].fillna(1.0).round().astype("int64"))
+    result = imputer.forecast(frame, horizon=5, **FAST)
+    expected = pd.date_range(frame.index[0], periods=35, freq="h", name="time")
+    assert result.filled.index.equals(expected)
+    assert str(result.filled["x0"].dtype) == "Int64" and result.filled.notna().all().all()
+    np.testing.assert_array_equal(result.filled["x0"].to_numpy()[:30], frame["x0"].to_numpy())
+    history = frame["x1"].notna().to_numpy()
+    assert result.filled["x1"].to_numpy()[:30][history].tobytes() == frame["x1"].to_numpy()[history].tobytes()
+
+
+def test_forecast_other_time_layouts():
+    numeric = pd.DataFrame({"t": [0.0, 2.0, 4.0], "x0": [1.0, 2.0, 3.0], "x1": [1.0, np.nan, 3.0]})
+    assert extend_frame(numeric, 2, "t", None)["t"].tolist() == [0.0, 2.0, 4.0, 6.0, 8.0]
+    ranged = numeric.drop(columns="t")
+    assert extend_frame(ranged, 2, None, None).index.tolist() == [0, 1, 2, 3, 4]
+    text_dates = numeric.assign(t=["2020-01-01", "2020-02-01", "2020-03-01"])
+    future = extend_frame(text_dates, 2, "t", None)["t"]
+    assert list(future.dt.strftime("%Y-%m-%d"))[-2:] == ["2020-04-01", "2020-05-01"]
+    long = pd.concat([numeric.assign(site="a"), numeric.assign(site="b", t=numeric["t"] + 1)], ignore_index=True)
+    extended = extend_frame(long, 1, "t", "site")
+    assert extended.groupby("site")["t"].max().to_dict() == {"a": 6.0, "b": 7.0}
+    periods = pd.DataFrame({"x0": [1.0, 2.0]}, index=pd.period_range("2020Q1", periods=2, freq="Q"))
+    assert str(extend_frame(periods, 1, None, None).index[-1]) == "2020Q3"
+    with pytest.raises(ValueError, match="cannot extend"):
+        extend_frame(numeric.set_index(pd.Index(["a", "b", "c"])), 1, None, None)
+
+
+def test_forecast_horizon_must_be_shorter_than_the_window(imputer):
+    with pytest.raises(ValueError, match="horizon"):
+        imputer.forecast(gappy(30), horizon=WINDOW)
+
+
+# ----------------------------------------------------------------------------- checkpoints and CLI
+
+
+def test_save_load_roundtrip_is_atomic_and_loadable_by_the_module_loader(imputer, tmp_path):
+    path = imputer.save(tmp_path / "models" / "imputer.ckpt")
+    assert [p.name for p in path.parent.iterdir()] == ["imputer.ckpt"]
+    loaded = Imputer.load(path)
+    frame = gappy(20)
+    assert np.array_equal(loaded.impute(frame, **FAST).samples, imputer.impute(frame, **FAST).samples)
+    assert load_module(path).domain.columns == imputer.columns
+    with pytest.raises(FileNotFoundError):
+        Imputer.load(tmp_path / "missing.ckpt")
+
+
+def test_fit_rejects_unknown_config_keys_and_missing_files(training_frames, tmp_path):
+    with pytest.raises(ValueError, match="unknown config key 'optim.learning_rate'"):
+        Imputer.fit(training_frames, max_steps=2, run_dir=tmp_path, optim__learning_rate=1.0)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Imputer.fit(tmp_path / "missing.csv", max_steps=2, run_dir=tmp_path)
+    assert not list(tmp_path.iterdir()), "nothing is written before the input is checked"
+
+
+def test_hydra_training_on_a_csv_gives_a_checkpoint_the_imputer_loads(training_frames, tmp_path):
+    csv = tmp_path / "train.csv"
+    training_frames["s0"].rename_axis("date").reset_index().to_csv(csv, index=False)
+    overrides = [
+        "domain=timeseries",
+        "domain.source=path",
+        f"domain.path={csv}",
+        "domain.time_column=date",
+        f"domain.window={WINDOW}",
+        *HYDRA_TINY_NET,
+        "trainer.max_steps=4",
+        "ema.start_step=0",
+        "trainer.enable_progress_bar=false",
+        "ema.start_step=0",
+        "final_samples.n=2",
+    ]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    last = train(cfg, tmp_path / "run")
+    imputer = Imputer.load(last)
+    assert imputer.columns == ["x0", "x1"] and imputer.time_column == "date"
+    frame = pd.read_csv(csv).head(20)
+    frame.loc[3:6, "x1"] = np.nan
+    result = imputer.impute(frame, **FAST)  # the model's time column is found in the frame
+    assert list(result.filled.columns) == ["date", "x0", "x1"] and result.filled.notna().all().all()
+
+
+def test_cli_writes_filled_values_and_quantile_columns(imputer, tmp_path):
+    model = imputer.save(tmp_path / "model.ckpt")
+    frame = gappy(30).reset_index()
+    frame.to_csv(tmp_path / "in.csv", index=False)
+    args = [
+        str(tmp_path / "in.csv"),
+        "--model",
+        str(model),
+        "--n-samples",
+        "5",
+        "--steps",
+        "2",
+        "--seed",
+        "1",
+    ]
+    main([*args, "--out", str(tmp_path / "out.csv"), "--quantiles", "0.05,0.95"])
+    out = pd.read_csv(tmp_path / "out.csv")
+    assert list(out.columns) == ["time", "x0", "x1", "x0_q05", "x1_q05", "x0_q95", "x1_q95"]
+    assert out[["x0", "x1"]].notna().all().all()
+    observed = frame[["x0", "x1"]].notna().to_numpy()
+    assert out[["x0", "x1"]].to_numpy()[observed].tobytes() == frame[["x0", "x1"]].to_numpy()[observed].tobytes()
+    assert (out["x1_q05"] <= out["x1"]).all() and (out["x1"] <= out["x1_q95"]).all()
+    main([*args, "--out", str(tmp_path / "again.csv"), "--quantiles", "0.05,0.95"])
+    assert (tmp_path / "out.csv").read_bytes() == (tmp_path / "again.csv").read_bytes()
+    main([*args, "--out", str(tmp_path / "future.csv"), "--horizon", "3"])
+    assert len(pd.read_csv(tmp_path / "future.csv")) == 33
+
+
+def test_cli_errors_name_the_problem(imputer, tmp_path, capsys):
+    model = imputer.save(tmp_path / "model.ckpt")
+    gappy(10).assign(extra=1.0, other=2.0).to_csv(tmp_path / "bad.csv")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "bad.csv"), "--model", str(model), "--out", str(tmp_path / "o.csv")])
+    assert exit_info.value.code == 2 and "differ from the model's" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(
+            [
+                str(tmp_path / "bad.csv"),
+                "--model",
+                str(model),
+                "--out",
+                str(tmp_path / "o.csv"),
+                "--quantiles",
+                "x",
+            ]
+        )
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "nope.csv"), "--model", str(model), "--out", str(tmp_path / "o.csv")])
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_quantile_suffixes():
+    assert [quantile_suffix(q) for q in (0.05, 0.5, 0.95, 0.025, 1.0)] == [
+        "q05",
+        "q50",
+        "q95",
+        "q02p5",
+        "q100",
+    ]
+
+
+@pytest.mark.slow
+def test_command_lines_train_then_impute(training_frames, tmp_path):
+    csv = tmp_path / "train.csv"
+    training_frames["s0"].rename_axis("date").reset_index().to_csv(csv, index=False)
+    run = tmp_path / "run"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "toolkit.train",
+            "domain=timeseries",
+            "domain.source=path",
+            f"domain.path={csv}",
+            "domain.time_column=date",
+            f"domain.window={WINDOW}",
+            *HYDRA_TINY_NET,
+            "trainer.max_steps=4",
+            "ema.start_step=0",
+            "trainer.enable_progress_bar=false",
+            "final_samples.n=2",
+            f"hydra.run.dir={run}",
+        ],
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
+    gaps = pd.read_csv(csv).head(25)
+    gaps.loc[2:9, "x0"] = np.nan
+    gaps.to_csv(tmp_path / "gaps.csv", index=False)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "toolkit.impute",
+            str(tmp_path / "gaps.csv"),
+            "--model",
+            str(run / "checkpoints" / "last.ckpt"),
+            "--out",
+            str(tmp_path / "filled.csv"),
+            "--n-samples",
+            "3",
+            "--steps",
+            "2",
+        ],
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
+    filled = pd.read_csv(tmp_path / "filled.csv")
+    assert filled["x0"].notna().all() and list(filled.columns) == ["date", "x0", "x1"]

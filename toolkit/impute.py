@@ -1,0 +1,699 @@
+"""Imputation API: a DataFrame with gaps in, the filled DataFrame with its uncertainty out.
+
+    imp = Imputer.fit(df, window=64, max_steps=800)          # or Imputer.load("last.ckpt")
+    res = imp.impute(df_with_gaps, n_samples=50, seed=0)
+    res.filled, res.quantile(0.05), res.samples               # frames like the input; [S, rows, K]
+    fc = imp.forecast(df, horizon=24)                         # the next 24 steps as gaps to fill
+
+    python -m toolkit.impute input.csv --model last.ckpt --out filled.csv [--quantiles 0.05,0.95]
+
+Decisions, relied on by the CLI, the HTTP service (toolkit/serve.py) and the tests:
+
+- Reading and validation are the time-series domain's (``read_series``): time from ``time_column``,
+  else a DatetimeIndex/PeriodIndex, else row order; duplicate time stamps, non-numeric or infinite
+  values and empty frames are errors; unsorted time stamps are sorted for the model and the result
+  comes back in the input's row order. A series shorter than the window is padded with missing steps.
+- The variable columns (all but the time and series-id columns) must be the model's: missing or
+  extra columns are errors naming them. Boolean columns and numbers stored as text are errors.
+  A column with no observed value is allowed: the model fills it from the other variables.
+- Observed cells are never written: they come back bit for bit; gaps get the median of the samples.
+  The input frame is not modified. Index, column order and dtypes are kept; an integer column
+  (with gaps it is pandas' nullable ``Int64``) gets its imputed values rounded to integers; an
+  all-missing column of object dtype (e.g. all ``None``) comes back as float64.
+- Long series are cut into windows of the model's length, ``stride`` apart (default half a window,
+  plus one window ending at the last step). All windows of all samples go through the sampler
+  together, in batches of ``batch_size``. Overlaps are stitched by taking each step from the
+  window in which it lies most central (earliest on ties): every value of a sample is then a draw
+  of the model, conditioned on the most context on both sides; averaging overlapping windows
+  would shrink the spread of the samples and so the quantiles.
+- Seeds: window w of sample s is drawn with its own seed, derived from (seed, s, series, window
+  start), so the same call with the same seed gives the same result, whatever the batch size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import os
+import sys
+import tempfile
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning
+import numpy as np
+import pandas as pd
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+from toolkit.core import sampler as samplers
+from toolkit.domains.timeseries import (
+    Series,
+    SeriesSet,
+    TimeSeriesDomain,
+    make_windows,
+    read_frame,
+    read_series,
+    to_model_space,
+)
+from toolkit.module import DiffusionModule, load_module
+from toolkit.train import CONF_DIR, train
+
+ROW_COLUMN = "__imputer_row__"  # input row numbers, carried through read_series to undo its sorting
+OPEN_CONFIG_SECTIONS = ("domain.net.", "trainer.")  # constructor kwargs: keys beyond the defaults are fine
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def quantile_suffix(q: float) -> str:
+    """``0.05 -> "q05"``, ``0.5 -> "q50"``, ``0.025 -> "q02p5"``: the CSV column suffix of a quantile."""
+    percent = round(q * 100, 6)
+    if percent == int(percent):
+        return f"q{int(percent):02d}"
+    whole, fraction = f"{percent:09.6f}".rstrip("0").split(".")
+    return f"q{int(whole):02d}p{fraction}"
+
+
+def fill_column(column: pd.Series, values: np.ndarray) -> pd.Series:
+    """``column`` with its missing entries replaced by ``values`` (float, one per row), cast to the
+    column's dtype; integer columns get the values rounded. Observed entries are left as they are."""
+    if not pd.api.types.is_numeric_dtype(column.dtype):
+        column = column.astype(float)  # an all-missing object column (checked by _prepare)
+    if pd.api.types.is_integer_dtype(column.dtype):
+        values = np.rint(values)
+    replacement = pd.Series(values, index=column.index).astype(column.dtype)
+    return column.where(column.notna(), replacement)
+
+
+@dataclass
+class ImputationResult:
+    """Samples of one input frame and the frames made from them.
+
+    ``samples`` [n_samples, rows, features] in data units, rows in the input's order, features in
+    the order of ``columns`` (the input's variable columns); observed cells hold the input values.
+    """
+
+    frame: pd.DataFrame = field(repr=False)
+    columns: list
+    samples: np.ndarray = field(repr=False)
+    quantiles: tuple[float, ...] = ()
+    filled: pd.DataFrame = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.filled = self._frame_from(np.median(self.samples, axis=0))
+
+    def _frame_from(self, values: np.ndarray) -> pd.DataFrame:
+        out = self.frame.copy()
+        for k, column in enumerate(self.columns):
+            if out[column].isna().any():
+                out[column] = fill_column(self.frame[column], values[:, k])
+        return out
+
+    def quantile(self, q: float) -> pd.DataFrame:
+        """The input with its gaps filled by the ``q`` quantile of the samples (any q in [0, 1])."""
+        check_quantiles([q])
+        return self._frame_from(np.quantile(self.samples, q, axis=0))
+
+    def quantile_frames(self) -> dict[float, pd.DataFrame]:
+        return {q: self.quantile(q) for q in self.quantiles}
+
+    def with_quantile_columns(self) -> pd.DataFrame:
+        """``filled`` plus a column ``<col>_q05`` (etc.) per variable and requested quantile; for
+        observed cells the quantile columns repeat the observed value."""
+        out = self.filled.copy()
+        for q in self.quantiles:
+            frame = self.quantile(q)
+            for column in self.columns:
+                name = f"{column}_{quantile_suffix(q)}"
+                if name in out.columns:
+                    raise ValueError(
+                        f"cannot add quantile column {name!r}: the input already has a column of that name"
+                    )
+                out[name] = frame[column]
+        return out
+
+
+def check_quantiles(quantiles: Sequence[float]) -> tuple[float, ...]:
+    values = tuple(float(q) for q in quantiles)
+    bad = [q for q in values if not 0.0 <= q <= 1.0]
+    if bad:
+        raise ValueError(f"quantiles must be in [0, 1], got {bad}")
+    return values
+
+
+# ----------------------------------------------------------------------------- input preparation
+
+
+@dataclass
+class Prepared:
+    """One input frame, read for the model: its series (model column order) and, per series, the
+    input row of each of its steps."""
+
+    frame: pd.DataFrame
+    variables: list
+    series: list[Series]
+    rows: list[np.ndarray]
+
+
+def _variables(frame: pd.DataFrame, time_column: str | None, series_column: str | None) -> list:
+    reserved = {c for c in (time_column, series_column) if c is not None}
+    return [c for c in frame.columns if str(c) not in reserved]
+
+
+def _forecast_future(times: pd.Index, horizon: int) -> pd.Index:
+    """``horizon`` time stamps after the last of ``times``: at the inferred frequency for dates
+    (else the median step), at the median step for numbers."""
+    ordered = times.sort_values()
+    if isinstance(ordered, pd.PeriodIndex):
+        return pd.period_range(ordered[-1] + 1, periods=horizon, freq=ordered.freq)
+    if isinstance(ordered, pd.DatetimeIndex):
+        with warnings.catch_warnings():  # pandas 3 announces offsets instead of strings; both work here
+            warnings.simplefilter("ignore")
+            freq = pd.infer_freq(ordered) if len(ordered) >= 3 else None
+        if freq is not None:
+            return pd.date_range(ordered[-1], periods=horizon + 1, freq=freq)[1:]
+        steps = np.diff(ordered.asi8)
+        step = pd.Timedelta(int(np.median(steps)) if len(steps) else pd.Timedelta("1D").value)
+        return pd.DatetimeIndex([ordered[-1] + step * i for i in range(1, horizon + 1)], tz=ordered.tz)
+    if pd.api.types.is_numeric_dtype(ordered.dtype) and not pd.api.types.is_bool_dtype(ordered.dtype):
+        values = ordered.to_numpy(dtype=float)
+        step = float(np.median(np.diff(values))) if len(values) >= 2 else 1.0
+        future = values[-1] + step * np.arange(1, horizon + 1)
+        if pd.api.types.is_integer_dtype(ordered.dtype) and step == int(step):
+            return pd.Index(future.astype(np.int64))
+        return pd.Index(future)
+    raise ValueError(
+        f"cannot extend time stamps of type {ordered.dtype} into the future; use a DatetimeIndex, "
+        "a PeriodIndex, a numeric index or a time_column of dates or numbers"
+    )
+
+
+def _empty_rows(frame: pd.DataFrame, index: pd.Index) -> pd.DataFrame:
+    """Rows of missing values with ``frame``'s columns and dtypes (integers as nullable Int64)."""
+    columns = {}
+    for column in frame.columns:
+        dtype = frame[column].dtype
+        if pd.api.types.is_integer_dtype(dtype):
+            columns[column] = pd.Series(pd.NA, index=index, dtype="Int64")
+        else:
+            columns[column] = pd.Series(np.nan, index=index, dtype=dtype)
+    return pd.DataFrame(columns, index=index)
+
+
+def extend_frame(frame: pd.DataFrame, horizon: int, time_column: str | None, series_column: str | None) -> pd.DataFrame:
+    """``frame`` with ``horizon`` missing steps appended to each of its series (after all of its
+    rows). Integer variable columns become nullable Int64 so that they stay integers; a text time
+    column is parsed to datetimes."""
+    if time_column is not None and time_column not in frame.columns and time_column in frame.index.names:
+        time_column = None  # the time stamps are the index
+    variables = _variables(frame, time_column, series_column)
+    frame = frame.astype({c: "Int64" for c in variables if pd.api.types.is_integer_dtype(frame[c].dtype)})
+    if time_column is not None:
+        if time_column not in frame.columns:
+            raise ValueError(f"time column {time_column!r} not found; columns are {list(frame.columns)}")
+        if not pd.api.types.is_numeric_dtype(frame[time_column].dtype):
+            frame = frame.assign(**{time_column: pd.to_datetime(frame[time_column])})
+    groups = [(None, frame)] if series_column is None else list(frame.groupby(series_column, sort=False))
+    parts, next_row = [frame], frame.index.stop if isinstance(frame.index, pd.RangeIndex) else None
+    for series_id, part in groups:
+        if next_row is not None:
+            index = pd.RangeIndex(next_row, next_row + horizon)
+            next_row += horizon
+        else:
+            index = _forecast_future(part.index, horizon)
+        rows = _empty_rows(part, index)
+        if time_column is not None:
+            rows[time_column] = _forecast_future(pd.Index(part[time_column]), horizon).to_numpy()
+        if series_column is not None:
+            rows[series_column] = series_id
+        parts.append(rows)
+    return pd.concat(parts)
+
+
+# ----------------------------------------------------------------------------- the imputer
+
+
+def _window_seed(seed: int, sample: int, series: int, start: int) -> int:
+    return int(np.random.SeedSequence([seed, sample, series, start]).generate_state(1)[0])
+
+
+def fit_config(max_steps: int, settings: Mapping, overrides: Mapping) -> DictConfig:
+    """The run config of ``python -m toolkit.train domain=timeseries`` with ``settings``, then the
+    user's ``overrides`` (keys dotted or with ``__``; unknown keys are errors) applied. The EMA start
+    and the warm-up are shortened to fit ``max_steps`` unless overridden."""
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=["domain=timeseries"])
+    OmegaConf.set_struct(cfg, False)
+    values = {
+        "ema.start_step": min(cfg.ema.start_step, max_steps // 2),
+        "optim.warmup_steps": min(cfg.optim.warmup_steps, max(1, max_steps // 10)),
+        **settings,
+    }
+    for key, value in overrides.items():
+        key = key.replace("__", ".")
+        known = OmegaConf.select(cfg, key, default=KeyError) is not KeyError
+        if not known and not key.startswith(OPEN_CONFIG_SECTIONS):
+            raise ValueError(f"unknown config key {key!r}; see conf/config.yaml and conf/domain/timeseries.yaml")
+        values[key] = value
+    for key, value in values.items():
+        OmegaConf.update(cfg, key, value, merge=False)
+    return cfg
+
+
+class Imputer:
+    """Fills gaps of multivariate time series with a trained time-series diffusion model (see the
+    module docstring for how input is read, windows are stitched and dtypes kept)."""
+
+    def __init__(self, module: DiffusionModule):
+        if not isinstance(module.domain, TimeSeriesDomain):
+            raise ValueError(
+                f"the Imputer needs a time-series model (trained with domain=timeseries); "
+                f"this one is a {module.domain.name!r} model"
+            )
+        self.module = module.eval()
+        self.domain: TimeSeriesDomain = module.domain
+
+    # -- construction
+
+    @classmethod
+    def load(cls, path: str | Path, map_location: str = "cpu") -> Imputer:
+        """An imputer from a checkpoint: ``last.ckpt`` of ``python -m toolkit.train domain=timeseries``
+        or a file written by ``save``."""
+        return cls(load_module(path, map_location=map_location))
+
+    @classmethod
+    def fit(
+        cls,
+        data,
+        *,
+        window: int = 64,
+        stride: int = 8,
+        max_steps: int = 800,
+        seed: int = 0,
+        batch_size: int = 32,
+        time_column: str | None = None,
+        series_column: str | None = None,
+        columns: Sequence[str] | None = None,
+        run_dir: str | Path | None = None,
+        **config_overrides,
+    ) -> Imputer:
+        """Train a model on ``data`` (a DataFrame, a dict of DataFrames, or a CSV/Parquet path) with
+        the same config, module and trainer as ``python -m toolkit.train domain=timeseries``.
+
+        ``config_overrides``: run-config keys, dotted or with ``__`` for dots, e.g.
+        ``**{"domain.net.channels": 32}`` or ``optim__lr=1e-3``. With few ``max_steps`` the EMA start
+        and the learning-rate warm-up are shortened to fit, unless set here. The run folder (the
+        training data as Parquet, logs, checkpoints, samples) is ``run_dir``, else a temporary
+        folder removed afterwards; ``save`` keeps the model.
+        """
+        settings = {
+            "seed": seed,
+            "domain.source": "path",
+            "domain.window": window,
+            "domain.stride": stride,
+            "domain.time_column": time_column,
+            "domain.series_column": series_column,
+            "domain.columns": list(columns) if columns is not None else None,
+            "trainer.max_steps": max_steps,
+            "trainer.enable_progress_bar": False,
+            "trainer.enable_model_summary": False,
+            "data.batch_size": batch_size,
+            "preview.n": 4,
+            "final_samples.n": 4,
+        }
+        cfg = fit_config(max_steps, settings, config_overrides)
+        with contextlib.ExitStack() as stack:
+            if run_dir is None:
+                run_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="imputer_fit_"))
+            run_dir = Path(run_dir)
+            OmegaConf.update(cfg, "domain.path", str(_training_files(data, run_dir / "data")), merge=False)
+            return cls.load(train(cfg, run_dir))
+
+    def save(self, path: str | Path) -> Path:
+        """Write a checkpoint that ``Imputer.load`` and ``toolkit.module.load_module`` read, atomically
+        (a temporary file renamed into place)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint = {
+            "state_dict": self.module.state_dict(),
+            DiffusionModule.CHECKPOINT_HYPER_PARAMS_KEY: {"config": self.module.config},
+            "pytorch-lightning_version": lightning.__version__,
+        }
+        partial = path.with_name(f".{path.name}.partial")
+        try:
+            torch.save(checkpoint, partial)
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+        return path
+
+    # -- properties of the model
+
+    @property
+    def columns(self) -> list[str]:
+        """The variables the model imputes, in its order."""
+        return list(self.domain.columns)
+
+    @property
+    def window(self) -> int:
+        return self.domain.window
+
+    @property
+    def time_column(self) -> str | None:
+        return self.domain.read_options["time_column"]
+
+    @property
+    def series_column(self) -> str | None:
+        return self.domain.read_options["series_column"]
+
+    # -- imputation
+
+    def impute(
+        self,
+        data,
+        *,
+        n_samples: int = 50,
+        quantiles: Sequence[float] = (0.05, 0.5, 0.95),
+        seed: int = 0,
+        steps: int | None = None,
+        sampler: str | None = None,
+        stride: int | None = None,
+        batch_size: int = 512,
+        time_column: str | None = None,
+        series_column: str | None = None,
+        progress: bool = False,
+    ) -> ImputationResult | dict[str, ImputationResult]:
+        """Fill the gaps (NaN/NA) of ``data``: a DataFrame (one series, or several with a series-id
+        column) -> an ``ImputationResult``; a dict of DataFrames -> a dict of results.
+
+        ``time_column``/``series_column`` default to the model's when the frame has them.
+        ``steps``/``sampler`` default to the model's sampler config; ``stride`` to half a window.
+        """
+        if not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
+            raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
+        if not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        stride = max(1, self.window // 2) if stride is None else int(stride)
+        if not 1 <= stride <= self.window:
+            raise ValueError(f"stride must be in [1, window={self.window}], got {stride}")
+        quantiles = check_quantiles(quantiles)
+        method = sampler or self.module.config["sampler"]["method"]
+        samplers.get(method)
+        steps = int(self.module.config["sampler"]["steps"] if steps is None else steps)
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+
+        frames = _input_frames(data)
+        prepared = {name: self._prepare(frame, time_column, series_column) for name, frame in frames.items()}
+        all_series = [s for p in prepared.values() for s in p.series]
+        stitched = self._sample(all_series, int(n_samples), int(seed), steps, method, stride, batch_size, progress)
+
+        results, offset = {}, 0
+        for name, p in prepared.items():
+            model_order = np.full((n_samples, len(p.frame), len(self.columns)), np.nan)
+            for series_samples, rows in zip(stitched[offset : offset + len(p.series)], p.rows, strict=True):
+                model_order[:, rows] = series_samples
+            offset += len(p.series)
+            order = [self.columns.index(str(c)) for c in p.variables]
+            samples = model_order[:, :, order]
+            observed = p.frame[p.variables].notna().to_numpy()
+            given = p.frame[p.variables].astype(float).to_numpy()
+            samples = np.where(observed[None], given[None], samples)
+            results[name] = ImputationResult(p.frame.copy(), list(p.variables), samples, quantiles)
+        return results.get(None, results)
+
+    def forecast(
+        self,
+        data,
+        horizon: int,
+        *,
+        time_column: str | None = None,
+        series_column: str | None = None,
+        **impute_options,
+    ) -> ImputationResult | dict[str, ImputationResult]:
+        """Impute ``horizon`` future steps of each series (appended as gaps at the series' frequency)
+        together with any gaps in the history. The result's frames hold history and future;
+        integer columns become nullable Int64 and a text time column datetimes. ``horizon`` must be
+        shorter than the window, so that every future step shares a window with observed history."""
+        if not isinstance(horizon, (int, np.integer)) or not 1 <= horizon < self.window:
+            raise ValueError(
+                f"horizon must be an int in [1, {self.window - 1}] (shorter than the model's window of "
+                f"{self.window} steps, so that the future is conditioned on the past); got {horizon!r}"
+            )
+        frames = _input_frames(data)
+        extended = {}
+        for name, frame in frames.items():
+            time, series = self._resolve_columns(frame, time_column, series_column)
+            extended[name] = extend_frame(frame, int(horizon), time, series)
+        inputs = extended.get(None, extended)
+        return self.impute(inputs, time_column=time_column, series_column=series_column, **impute_options)
+
+    # -- internals
+
+    def _resolve_columns(self, frame: pd.DataFrame, time_column, series_column) -> tuple[str | None, str | None]:
+        """The given time/series-id columns, else the model's where the frame has them."""
+        present = {str(c) for c in frame.columns} | {str(n) for n in frame.index.names if n is not None}
+        time = time_column if time_column is not None else (self.time_column if self.time_column in present else None)
+        series = series_column
+        if series is None and self.series_column in {str(c) for c in frame.columns}:
+            series = self.series_column
+        return time, series
+
+    def _prepare(self, frame: pd.DataFrame, time_column, series_column) -> Prepared:
+        if not isinstance(frame, pd.DataFrame):
+            raise TypeError(f"expected a DataFrame, got {type(frame).__name__}")
+        time, series_id = self._resolve_columns(frame, time_column, series_column)
+        variables = _variables(frame, time, series_id)
+        names = [str(c) for c in variables]
+        missing = [c for c in self.columns if c not in names]
+        extra = [c for c in names if c not in self.columns]
+        if missing or extra:
+            raise ValueError(
+                f"the frame's variable columns {names} differ from the model's {self.columns}: "
+                + (f"missing {missing}" if missing else "")
+                + ("; " if missing and extra else "")
+                + (f"not in the model {extra}" if extra else "")
+                + f" (time column: {time!r}, series column: {series_id!r}; set time_column/series_column "
+                "for columns that hold times or ids)"
+            )
+        for column in variables:
+            dtype = frame[column].dtype
+            if pd.api.types.is_bool_dtype(dtype):
+                raise ValueError(
+                    f"column {column!r} is boolean; the model imputes numbers: convert it with astype(float)"
+                )
+        work = frame.copy()
+        for column in variables:
+            if not pd.api.types.is_numeric_dtype(work[column].dtype) and work[column].isna().all():
+                work[column] = work[column].astype(float)
+        work[ROW_COLUMN] = np.arange(len(work), dtype=float)
+        data = read_series(
+            work,
+            time_column=time,
+            series_column=series_id,
+            columns=[*self.columns, ROW_COLUMN],
+            allow_all_missing=True,
+        )
+        as_text = [c for c in variables if not pd.api.types.is_numeric_dtype(work[c].dtype)]
+        if as_text:
+            raise ValueError(
+                f"columns {as_text} hold numbers stored as text (dtype {work[as_text[0]].dtype}); "
+                "convert them with pd.to_numeric first"
+            )
+        series = [Series(s.name, s.index, s.positions, s.values[:, :-1]) for s in data.series]
+        rows = [s.values[:, -1].astype(np.int64) for s in data.series]
+        return Prepared(frame, variables, series, rows)
+
+    def _sample(
+        self,
+        series: list[Series],
+        n_samples: int,
+        seed: int,
+        steps: int,
+        method: str,
+        stride: int,
+        batch_size: int,
+        progress: bool,
+    ) -> list[np.ndarray]:
+        """Samples [n_samples, len(series), K] (model column order) of every series."""
+        windows = make_windows(SeriesSet(self.columns, series), self.window, stride)
+        x, mask = to_model_space(windows.values, self.domain.normalizer)
+        if not torch.isfinite(x).all():
+            raise ValueError(
+                "some values are too far from the training data to represent (they overflow after "
+                "normalisation); check their units against the data the model was trained on"
+            )
+        time_pos = torch.as_tensor(windows.time_pos, dtype=torch.float32)
+        n_windows = len(windows)
+        items = [(s, w) for s in range(n_samples) for w in range(n_windows)]
+        seeds = [_window_seed(seed, s, int(windows.series_index[w]), int(windows.start[w])) for s, w in items]
+        device = self.module.device
+        drawn = []
+        for begin in range(0, len(items), batch_size):
+            index = torch.tensor([w for _, w in items[begin : begin + batch_size]])
+            inputs = self.domain.imputation_inputs(
+                x[index].to(device), mask[index].to(device), time_pos[index].to(device)
+            )
+            drawn.append(
+                samplers.sample(
+                    self.module.denoiser(),
+                    (len(index), *self.domain.sample_shape),
+                    self.module.schedule,
+                    method,
+                    steps,
+                    seeds[begin : begin + batch_size],
+                    progress=progress,
+                    device=device,
+                    **inputs,
+                ).cpu()
+            )
+        values = self.domain.decode(torch.cat(drawn))  # [S * N, K, L]
+        values = values.reshape(n_samples, n_windows, *values.shape[1:]).transpose(0, 1, 3, 2)  # [S, N, L, K]
+        result = []
+        for i, s in enumerate(series):
+            owner, offset = _most_central(windows, i, len(s), self.window)
+            result.append(values[:, owner, offset])
+        return result
+
+
+def _most_central(windows, series_index: int, length: int, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each step of a series: the window (index into ``windows``) in which it lies most central,
+    and its offset there; the earliest window wins ties."""
+    owner = np.full(length, -1)
+    offset = np.zeros(length, dtype=np.int64)
+    best = np.full(length, -1)
+    for w in np.flatnonzero(windows.series_index == series_index):
+        start, n = int(windows.start[w]), int(windows.length[w])
+        j = np.arange(n)
+        centrality = np.minimum(j, window - 1 - j)
+        better = centrality > best[start : start + n]
+        steps = start + j[better]
+        owner[steps], offset[steps], best[steps] = w, j[better], centrality[better]
+    return owner, offset
+
+
+def _input_frames(data) -> dict:
+    """``{None: frame}`` for one DataFrame, ``{name: frame}`` for a dict of them."""
+    if isinstance(data, pd.DataFrame):
+        return {None: data}
+    if isinstance(data, Mapping):
+        if not data:
+            raise ValueError("no time series given: the dict of frames is empty")
+        bad = [k for k, v in data.items() if not isinstance(v, pd.DataFrame)]
+        if bad:
+            raise TypeError(f"entries {bad} are not DataFrames; pass a DataFrame or a dict of DataFrames")
+        return dict(data)
+    raise TypeError(f"cannot impute a {type(data).__name__}; pass a DataFrame or a dict of DataFrames")
+
+
+def _training_files(data, folder: Path) -> Path:
+    """Where the domain reads the training data: the given path, or the frames written as Parquet
+    (which keeps the index and dtypes)."""
+    if isinstance(data, (str, Path)):
+        if not Path(data).exists():
+            raise FileNotFoundError(f"training data {data} does not exist; pass a CSV/Parquet file or a folder")
+        return Path(data).resolve()
+    frames = _input_frames(data)
+    folder.mkdir(parents=True, exist_ok=True)
+    if None in frames:
+        path = folder / "series.parquet"
+        frames[None].rename(columns=str).to_parquet(path)
+        return path
+    for i, frame in enumerate(frames.values()):
+        frame.rename(columns=str).to_parquet(folder / f"series_{i:04d}.parquet")
+    return folder
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def guess_time_column(frame: pd.DataFrame, imputer: Imputer, time_column: str | None, series_column: str | None):
+    """For files without index information (CSV): the given time column, else the model's if
+    present, else the one column that is neither a model variable nor the series id."""
+    if time_column is not None:
+        return time_column
+    if imputer.time_column in frame.columns:
+        return imputer.time_column
+    series = series_column if series_column is not None else imputer.series_column
+    others = [c for c in frame.columns if str(c) not in imputer.columns and c != series]
+    return others[0] if len(others) == 1 else None
+
+
+def parse_quantiles(text: str) -> tuple[float, ...]:
+    try:
+        return check_quantiles([float(q) for q in text.split(",") if q.strip()])
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers in [0, 1], e.g. 0.05,0.95 ({error})"
+        ) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m toolkit.impute",
+        description="Fill the gaps (empty cells) of a CSV/Parquet time series with a trained model.",
+    )
+    parser.add_argument("input", help="CSV or Parquet file with gaps")
+    parser.add_argument("--model", required=True, help="checkpoint: last.ckpt of a timeseries run, or Imputer.save")
+    parser.add_argument("--out", required=True, help="output .csv or .parquet file")
+    parser.add_argument("--quantiles", type=parse_quantiles, default=(), help="also write <col>_q05 etc.")
+    parser.add_argument("--n-samples", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's config)")
+    parser.add_argument("--sampler", default=None, help=f"one of {sorted(samplers.SAMPLERS)}")
+    parser.add_argument("--stride", type=int, default=None, help="window stride (default: half a window)")
+    parser.add_argument("--time-column", default=None, help="default: the model's, or the one non-variable column")
+    parser.add_argument("--series-column", default=None, help="default: the model's, when the file has it")
+    parser.add_argument("--horizon", type=int, default=0, help="also forecast this many future steps")
+    return parser
+
+
+def write_frame(frame: pd.DataFrame, path: Path) -> None:
+    """CSV (floats written with round-trip precision) or Parquet, by suffix, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    if path.suffix.lower() in (".parquet", ".pq"):
+        frame.to_parquet(partial, index=False)
+    else:
+        frame.to_csv(partial, index=False)
+    os.replace(partial, path)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    if out.suffix.lower() not in (".csv", ".parquet", ".pq"):
+        parser.error(f"--out must end in .csv or .parquet, got {out.name}")
+    try:
+        imputer = Imputer.load(args.model)
+        frame = read_frame(args.input)
+        time_column = guess_time_column(frame, imputer, args.time_column, args.series_column)
+        options = dict(
+            n_samples=args.n_samples,
+            quantiles=args.quantiles,
+            seed=args.seed,
+            steps=args.steps,
+            sampler=args.sampler,
+            stride=args.stride,
+            time_column=time_column,
+            series_column=args.series_column,
+        )
+        run = functools.partial(imputer.forecast, horizon=args.horizon) if args.horizon else imputer.impute
+        result = run(frame, **options)
+        write_frame(result.with_quantile_columns(), out)
+    except (ValueError, TypeError, FileNotFoundError) as error:
+        parser.exit(2, f"error: {error}\n")
+    print(f"wrote {out}")
+    return out
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
