@@ -233,9 +233,7 @@ def run(
                 name = f"{method} samples at {budget} NFE"
                 trip = waveform_round_trip(domain, samples)
                 round_trip.append(scored(name, reference, samples, labels, num_classes))
-                round_trip.append(
-                    scored(f"{name}, waveform round trip", reference, trip, labels, num_classes)
-                )
+                round_trip.append(scored(f"{name}, waveform round trip", reference, trip, labels, num_classes))
     return Benchmark(reference, rows, round_trip)
 
 
@@ -277,9 +275,7 @@ def verdict(rows: Sequence[Row]) -> list[str]:
     return lines
 
 
-def observations(
-    bench: Benchmark, n_per_class: int, guidance: float, class_names: Sequence[str]
-) -> list[str]:
+def observations(bench: Benchmark, n_per_class: int, guidance: float, class_names: Sequence[str]) -> list[str]:
     """Sentences read off the numbers: the round trip, the spread between samplers, FD below the
     floor, sample size."""
     lines = []
@@ -391,15 +387,9 @@ def reproduce_command(argv: Sequence[str]) -> str:
 def main(argv: Sequence[str] | None = None) -> Path:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--ckpt", type=Path, required=True, help="checkpoint of `python -m toolkit.train domain=audio`"
-    )
-    parser.add_argument(
-        "--n-per-class", type=int, default=DEFAULT_N_PER_CLASS, help="samples per class for every row"
-    )
-    parser.add_argument(
-        "--guidance", type=float, default=2.0, help="classifier-free guidance scale (1 = none)"
-    )
+    parser.add_argument("--ckpt", type=Path, required=True, help="checkpoint of `python -m toolkit.train domain=audio`")
+    parser.add_argument("--n-per-class", type=int, default=DEFAULT_N_PER_CLASS, help="samples per class for every row")
+    parser.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale (1 = none)")
     parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=sorted(sampler.SAMPLERS))
     parser.add_argument("--nfe", nargs="+", type=int, default=list(NFES))
     parser.add_argument(
@@ -410,9 +400,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     )
     parser.add_argument("--classifier-epochs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0, help="classifier seed")
-    parser.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads (the machine may be shared)"
-    )
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the machine may be shared)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     for name in ("n_per_class", "batch_size", "classifier_epochs", "threads"):
@@ -437,9 +425,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
             args.seed,
         )
     body = report(module, args.ckpt, bench, args, total.seconds)
-    path = write_results(
-        args.out, "Audio quality: class-conditional spoken digits", reproduce_command(argv), body
-    )
+    path = write_results(args.out, "Audio quality: class-conditional spoken digits", reproduce_command(argv), body)
     print("\n".join(body))
     print(f"wrote {path}")
     return path

@@ -145,9 +145,7 @@ def test_waveform_round_trip_keeps_the_class(domain, trained):
 
 def test_classifier_training_is_seeded(trained):
     _, (train_x, train_labels), _ = trained
-    first, second = (
-        bench.train_classifier(train_x[:16], train_labels[:16], 3, epochs=1, seed=3) for _ in range(2)
-    )
+    first, second = (bench.train_classifier(train_x[:16], train_labels[:16], 3, epochs=1, seed=3) for _ in range(2))
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
     other = bench.train_classifier(train_x[:16], train_labels[:16], 3, epochs=1, seed=4)
     assert not torch.equal(first.head.weight, other.head.weight)
@@ -189,9 +187,7 @@ def test_observations_read_the_numbers(trained):
     trip = bench.Scored("held-out clips, waveform round trip", 9, 8, {0: 0.5, 1: 1.0}, 4.0, 2.0)
     close = row("euler", 20, 20, 20)
     close.result.fd = 0.5  # below its floor of 1.0
-    lines = bench.observations(
-        bench.Benchmark(reference, [close, row("ddim", 10, 12, 20)], [trip]), 2, 2.5, []
-    )
+    lines = bench.observations(bench.Benchmark(reference, [close, row("ddim", 10, 12, 20)], [trip]), 2, 2.5, [])
     assert "recognised 88.9% of the time (as spectrograms: 100.0%); their FD rises to 2.00x" in lines[1]
     assert "from 60.0% (ddim, 10 NFE) to 100.0% (euler, 20 NFE)" in lines[2]
     assert lines[3].startswith("1 of 2 rows have FD below the floor: at guidance 2.5 ")
@@ -235,13 +231,8 @@ def test_benchmark_end_to_end(tmp_path, tones, capsys):
     argv += ["--classifier-epochs", "2", "--batch-size", "4", "--out", str(out)]
     assert bench.main(argv) == out
     text = out.read_text()
-    assert (
-        "Reproduce: `python benchmarks/audio_quality.py --ckpt runs/audio/<run>/checkpoints/last.ckpt" in text
-    )
-    assert (
-        "trained 0 steps (trainer.max_steps 200)" in text
-        and "**Floor: FD(held-out split, training split)" in text
-    )
+    assert "Reproduce: `python benchmarks/audio_quality.py --ckpt runs/audio/<run>/checkpoints/last.ckpt" in text
+    assert "trained 0 steps (trainer.max_steps 200)" in text and "**Floor: FD(held-out split, training split)" in text
     cells = [line.split(" | ") for line in text.splitlines()]
     rows = [r for r in cells if r[0] in ("| heun", "| dpmpp_2m")]
     # Heun at a budget of 3 runs 2 steps (3 counted network calls), at 20 runs 10 steps (19 calls).
@@ -256,11 +247,7 @@ def test_benchmark_end_to_end(tmp_path, tones, capsys):
         "| held-out clips, waveform round trip",
         "| dpmpp_2m samples at 20 NFE, waveform round trip",
     ]
-    assert (
-        "- heun, 19 NFE:" in text
-        and "- dpmpp_2m, 20 NFE:" in text
-        and "fewer than the default 20 samples" in text
-    )
+    assert "- heun, 19 NFE:" in text and "- dpmpp_2m, 20 NFE:" in text and "fewer than the default 20 samples" in text
     assert "Per class asked for (spectrograms): high " in text and ", mid " in text
     assert "; at the samples' size (6) it is **" in text
     assert "| dpmpp_2m" in capsys.readouterr().out
