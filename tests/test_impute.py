@@ -390,10 +390,9 @@ def test_fit_rejects_unknown_config_keys_and_missing_files(training_frames, tmp_
     assert not list(tmp_path.iterdir()), "nothing is written before the input is checked"
 
 
-def test_hydra_training_on_a_csv_gives_a_checkpoint_the_imputer_loads(training_frames, tmp_path):
-    csv = tmp_path / "train.csv"
-    training_frames["s0"].rename_axis("date").reset_index().to_csv(csv, index=False)
-    overrides = [
+def hydra_csv_overrides(csv) -> list[str]:
+    """`python -m toolkit.train` arguments for a tiny time-series run on a CSV file."""
+    return [
         "domain=timeseries",
         "domain.source=path",
         f"domain.path={csv}",
@@ -403,9 +402,14 @@ def test_hydra_training_on_a_csv_gives_a_checkpoint_the_imputer_loads(training_f
         "trainer.max_steps=4",
         "ema.start_step=0",
         "trainer.enable_progress_bar=false",
-        "ema.start_step=0",
         "final_samples.n=2",
     ]
+
+
+def test_hydra_training_on_a_csv_gives_a_checkpoint_the_imputer_loads(training_frames, tmp_path):
+    csv = tmp_path / "train.csv"
+    training_frames["s0"].rename_axis("date").reset_index().to_csv(csv, index=False)
+    overrides = hydra_csv_overrides(csv)
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     last = train(cfg, tmp_path / "run")
@@ -488,16 +492,7 @@ def test_command_lines_train_then_impute(training_frames, tmp_path):
             sys.executable,
             "-m",
             "toolkit.train",
-            "domain=timeseries",
-            "domain.source=path",
-            f"domain.path={csv}",
-            "domain.time_column=date",
-            f"domain.window={WINDOW}",
-            *HYDRA_TINY_NET,
-            "trainer.max_steps=4",
-            "ema.start_step=0",
-            "trainer.enable_progress_bar=false",
-            "final_samples.n=2",
+            *hydra_csv_overrides(csv),
             f"hydra.run.dir={run}",
         ],
         check=True,
