@@ -4,3 +4,22 @@ nothing, and on a busy 2-core machine oversubscribed threads slow every test sev
 import torch
 
 torch.set_num_threads(1)
+
+
+def save_untrained_checkpoint(path, overrides):
+    """A Lightning-format checkpoint of an untrained module built from the composed config with
+    ``overrides``: what benchmark end-to-end tests need without training."""
+    import lightning as L
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from toolkit.module import DiffusionModule
+    from toolkit.train import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        config = OmegaConf.to_container(compose("config", overrides=list(overrides)), resolve=True)
+    config.pop("hydra", None)
+    module = DiffusionModule(config)
+    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": {"config": module.config}}
+    torch.save({**checkpoint, "global_step": 0, "pytorch-lightning_version": L.__version__}, path)
+    return path

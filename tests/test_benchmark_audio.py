@@ -7,17 +7,13 @@ import math
 import sys
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from conftest import save_untrained_checkpoint
 
 from toolkit.domains.audio import AudioDomain
-from toolkit.module import DiffusionModule
-from toolkit.train import CONF_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 RATE = 8000
@@ -208,20 +204,7 @@ def untrained_checkpoint(path: Path, tones: Path) -> Path:
     overrides = ["domain=audio", f"domain.root={tones}", "domain.net.base_channels=8"]
     overrides += [f"domain.{key}={value}" for key, value in DOMAIN_OPTIONS.items()]
     overrides += ["domain.net.channel_mults=[1,2]", "domain.net.attention_levels=[]", "trainer.max_steps=200"]
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        config = OmegaConf.to_container(compose("config", overrides=overrides), resolve=True)
-    config.pop("hydra", None)
-    module = DiffusionModule(config)
-    torch.save(
-        {
-            "state_dict": module.state_dict(),
-            "hyper_parameters": {"config": module.config},
-            "global_step": 0,
-            "pytorch-lightning_version": L.__version__,
-        },
-        path,
-    )
-    return path
+    return save_untrained_checkpoint(path, overrides)
 
 
 def test_benchmark_end_to_end(tmp_path, tones, capsys):

@@ -7,18 +7,14 @@ import math
 import sys
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from conftest import save_untrained_checkpoint
 from scipy import linalg
 
 from toolkit.core import schedule
 from toolkit.domains.image import ImageDomain
-from toolkit.module import DiffusionModule
-from toolkit.train import CONF_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -190,20 +186,7 @@ def untrained_checkpoint(path: Path) -> Path:
         "trainer.max_steps=3",
         "ema.start_step=0",
     ]
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        config = OmegaConf.to_container(compose("config", overrides=overrides), resolve=True)
-    config.pop("hydra", None)
-    module = DiffusionModule(config)
-    torch.save(
-        {
-            "state_dict": module.state_dict(),
-            "hyper_parameters": {"config": module.config},
-            "global_step": 0,
-            "pytorch-lightning_version": L.__version__,
-        },
-        path,
-    )
-    return path
+    return save_untrained_checkpoint(path, overrides)
 
 
 def test_benchmark_end_to_end(tmp_path, capsys):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import trimesh
+from conftest import save_untrained_checkpoint
 from PIL import Image
 
 from toolkit.core import schedule
@@ -656,12 +657,6 @@ def test_hydra_config_builds_the_domain_and_network(tmp_path):
 
 
 def test_benchmark_cli_on_an_untrained_checkpoint(tmp_path):
-    import lightning as L
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from toolkit.module import DiffusionModule
-    from toolkit.train import CONF_DIR
 
     overrides = [
         "domain=pointcloud",
@@ -673,13 +668,7 @@ def test_benchmark_cli_on_an_untrained_checkpoint(tmp_path):
         "domain.net.depth=1",
         "domain.net.heads=2",
     ]
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        config = OmegaConf.to_container(compose("config", overrides=overrides), resolve=True)
-    config.pop("hydra", None)
-    module = DiffusionModule(config)
-    ckpt = tmp_path / "untrained.ckpt"
-    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": {"config": module.config}}
-    torch.save({**checkpoint, "global_step": 0, "pytorch-lightning_version": L.__version__}, ckpt)
+    ckpt = save_untrained_checkpoint(tmp_path / "untrained.ckpt", overrides)
 
     out = tmp_path / "pointcloud.md"
     argv = ["--ckpt", str(ckpt), "--samplers", "ddim", "euler", "--nfe", "2", "--batch-size", "4", "--out", str(out)]
