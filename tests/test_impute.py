@@ -187,17 +187,17 @@ def test_steps_come_from_their_most_central_window_drawn_with_its_own_seeds(impu
 
 
 class InterpolatingDenoiser:
-    """A stand-in for the network with a known answer: x0_hat is the linear interpolation, in each
-    window's time positions, of the values given as conditioning."""
+    """A stand-in for the denoiser with a known answer: x0_hat is the linear interpolation, in each
+    window's time positions, of the values given as conditioning (which come centred on ``offset``)."""
 
-    def __call__(self, x_t, t, cond_values, cond_mask, time_pos):
-        out = torch.zeros_like(x_t)
+    def __call__(self, x_t, t, cond_values, cond_mask, time_pos, offset):
+        out = offset.expand_as(x_t).clone()
         for b, k in np.ndindex(*x_t.shape[:2]):
             known = cond_mask[b, k] > 0
             if known.any():
                 pos = time_pos[b].numpy()
                 values = np.interp(pos, pos[known.numpy()], cond_values[b, k][known].numpy())
-                out[b, k] = torch.as_tensor(values)
+                out[b, k] += torch.as_tensor(values)
         return out
 
 

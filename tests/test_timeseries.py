@@ -27,6 +27,7 @@ from toolkit.domains.timeseries import (
     split_by_time,
     synthetic_frames,
     to_model_space,
+    window_offset,
     window_starts,
 )
 from toolkit.nets.csdi import CSDINet
@@ -392,11 +393,14 @@ def test_training_batch_conditions_on_kept_values_and_scores_hidden_ones():
     tb = domain.training_batch(batch, torch.Generator().manual_seed(0))
     observed = batch["mask"] > 0
     cond_mask, loss_mask = tb.cond["cond_mask"] > 0, tb.loss_mask > 0
-    assert torch.equal(tb.x, batch["x"])
+    offset = window_offset(batch["x"], tb.cond["cond_mask"])
+    assert torch.allclose(tb.x, (batch["x"] - offset) * observed)
+    kept_mean = (tb.x * tb.cond["cond_mask"]).sum(-1) / tb.cond["cond_mask"].sum(-1).clamp(min=1)
+    assert kept_mean.abs().max() < 1e-5
     assert torch.equal(loss_mask, observed & ~cond_mask)
     assert not (cond_mask & ~observed).any() and not (cond_mask & loss_mask).any()
     assert loss_mask.flatten(1).any(1).all()
-    assert torch.equal(tb.cond["cond_values"], batch["x"] * tb.cond["cond_mask"])
+    assert torch.equal(tb.cond["cond_values"], tb.x * tb.cond["cond_mask"])
     assert torch.equal(tb.cond["time_pos"], batch["time_pos"])
     out = domain.build_net()(tb.x, torch.rand(len(tb.x)), **tb.cond)
     assert out.shape == tb.x.shape
@@ -561,3 +565,17 @@ def test_short_training_lowers_the_imputation_loss():
             loss.backward()
             optimiser.step()
     assert held_out_loss() < 0.6 * before
+
+
+def test_window_normalizer_scales_by_the_spread_within_windows():
+    """A steep trend plus a small wave: the global std is the trend's, the window scale the wave's
+    (plus the trend's share inside one window), so centred windows fill the unit range."""
+    t = np.arange(2000.0)
+    wave = np.sin(2 * np.pi * t / 16)
+    frame = pd.DataFrame({"x": 0.5 * t + wave}, index=pd.date_range("2020", periods=len(t), freq="D"))
+    data = read_series(frame)
+    global_fit, window_fit = Normalizer.fit(data), Normalizer.fit(data, window=16)
+    assert global_fit.std[0] == pytest.approx(np.std(frame["x"]), rel=1e-9)
+    within = np.sqrt(0.5 + (0.5**2) * (16**2 - 1) / 12)  # wave variance + a 16-step ramp's variance
+    assert window_fit.std[0] == pytest.approx(within, rel=0.02)
+    assert window_fit.mean[0] == pytest.approx(global_fit.mean[0])

@@ -47,7 +47,6 @@ import lightning
 import numpy as np
 import pandas as pd
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from toolkit.core import sampler as samplers
@@ -61,7 +60,7 @@ from toolkit.domains.timeseries import (
     to_model_space,
 )
 from toolkit.module import DiffusionModule, load_module
-from toolkit.train import CONF_DIR, train
+from toolkit.train import compose_config, train
 
 ROW_COLUMN = "__imputer_row__"  # input row numbers, carried through read_series to undo its sorting
 OPEN_CONFIG_SECTIONS = ("domain.net.", "trainer.")  # constructor kwargs: keys beyond the defaults are fine
@@ -246,8 +245,7 @@ def fit_config(max_steps: int, settings: Mapping, overrides: Mapping) -> DictCon
     """The run config of ``python -m toolkit.train domain=timeseries`` with ``settings``, then the
     user's ``overrides`` (keys dotted or with ``__``; unknown keys are errors) applied. The EMA start
     and the warm-up are shortened to fit ``max_steps`` unless overridden."""
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=["domain=timeseries"])
+    cfg = compose_config(["domain=timeseries"])
     OmegaConf.set_struct(cfg, False)
     values = {
         "ema.start_step": min(cfg.ema.start_step, max_steps // 2),
@@ -404,11 +402,7 @@ class Imputer:
         if not 1 <= stride <= self.window:
             raise ValueError(f"stride must be in [1, window={self.window}], got {stride}")
         quantiles = check_quantiles(quantiles)
-        method = sampler or self.module.config["sampler"]["method"]
-        samplers.get(method)
-        steps = int(self.module.config["sampler"]["steps"] if steps is None else steps)
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
+        method, steps = self._sampler_settings(sampler, steps)
 
         frames = _input_frames(data)
         prepared = {name: self._prepare(frame, time_column, series_column) for name, frame in frames.items()}
@@ -511,29 +505,42 @@ class Imputer:
         rows = [s.values[:, -1].astype(np.int64) for s in data.series]
         return Prepared(frame, variables, series, rows)
 
-    def _sample(
+    def sample_windows(
         self,
-        series: list[Series],
-        n_samples: int,
-        seed: int,
-        steps: int,
-        method: str,
-        stride: int,
-        batch_size: int,
-        progress: bool,
-    ) -> list[np.ndarray]:
-        """Samples [n_samples, len(series), K] (model column order) of every series."""
-        windows = make_windows(SeriesSet(self.columns, series), self.window, stride)
-        x, mask = to_model_space(windows.values, self.domain.normalizer)
+        values: np.ndarray,
+        time_pos: np.ndarray | None = None,
+        *,
+        n_samples: int = 50,
+        seed: int = 0,
+        steps: int | None = None,
+        sampler: str | None = None,
+        batch_size: int = 512,
+        window_ids: Sequence[tuple[int, int]] | None = None,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """Draws for windows of the model's length: ``values`` [N, K, L] in data units and the model's
+        column order, NaN = to fill -> samples [n_samples, N, K, L] in data units, observed entries as
+        given. ``time_pos`` [N, L] (default 0..L-1). All windows of all samples go through the sampler
+        together, ``batch_size`` at a time; window ``i`` of sample ``s`` is seeded from
+        (seed, s, window_ids[i]) (default ids (0, i)), so results do not depend on the batch size."""
+        values = np.asarray(values, dtype=float)
+        expected = (len(self.columns), self.window)
+        if values.ndim != 3 or values.shape[1:] != expected:
+            raise ValueError(f"values must be [N, {expected[0]} variables, {expected[1]} steps], got {values.shape}")
+        method, steps = self._sampler_settings(sampler, steps)
+        x, mask = to_model_space(values, self.domain.normalizer)
         if not torch.isfinite(x).all():
             raise ValueError(
                 "some values are too far from the training data to represent (they overflow after "
                 "normalisation); check their units against the data the model was trained on"
             )
-        time_pos = torch.as_tensor(windows.time_pos, dtype=torch.float32)
-        n_windows = len(windows)
+        n_windows = len(values)
+        if time_pos is None:
+            time_pos = np.broadcast_to(np.arange(self.window, dtype=float), (n_windows, self.window))
+        time_pos = torch.as_tensor(np.asarray(time_pos, dtype=float), dtype=torch.float32)
+        ids = [(0, w) for w in range(n_windows)] if window_ids is None else list(window_ids)
         items = [(s, w) for s in range(n_samples) for w in range(n_windows)]
-        seeds = [_window_seed(seed, s, int(windows.series_index[w]), int(windows.start[w])) for s, w in items]
+        seeds = [_window_seed(seed, s, *ids[w]) for s, w in items]
         device = self.module.device
         drawn = []
         for begin in range(0, len(items), batch_size):
@@ -554,8 +561,43 @@ class Imputer:
                     **inputs,
                 ).cpu()
             )
-        values = self.domain.decode(torch.cat(drawn))  # [S * N, K, L]
-        values = values.reshape(n_samples, n_windows, *values.shape[1:]).transpose(0, 1, 3, 2)  # [S, N, L, K]
+        samples = self.domain.decode(torch.cat(drawn)).reshape(n_samples, *values.shape)
+        observed = ~np.isnan(values)
+        return np.where(observed[None], values[None], samples)
+
+    def _sampler_settings(self, sampler: str | None, steps: int | None) -> tuple[str, int]:
+        """The sampler method and step count: the given ones, else the model's sampler config."""
+        method = sampler or self.module.config["sampler"]["method"]
+        samplers.get(method)
+        steps = int(self.module.config["sampler"]["steps"] if steps is None else steps)
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        return method, steps
+
+    def _sample(
+        self,
+        series: list[Series],
+        n_samples: int,
+        seed: int,
+        steps: int,
+        method: str,
+        stride: int,
+        batch_size: int,
+        progress: bool,
+    ) -> list[np.ndarray]:
+        """Samples [n_samples, len(series), K] (model column order) of every series."""
+        windows = make_windows(SeriesSet(self.columns, series), self.window, stride)
+        values = self.sample_windows(
+            windows.values,
+            windows.time_pos,
+            n_samples=n_samples,
+            seed=seed,
+            steps=steps,
+            sampler=method,
+            batch_size=batch_size,
+            window_ids=[(int(i), int(start)) for i, start in zip(windows.series_index, windows.start, strict=True)],
+            progress=progress,
+        ).transpose(0, 1, 3, 2)  # [S, N, L, K]
         result = []
         for i, s in enumerate(series):
             owner, offset = _most_central(windows, i, len(s), self.window)

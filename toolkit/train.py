@@ -11,6 +11,7 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -19,6 +20,13 @@ from omegaconf import DictConfig, OmegaConf
 from toolkit.module import DiffusionModule
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """The run config that ``python -m toolkit.train OVERRIDES...`` would use, composed outside a
+    Hydra run (for scripts, benchmarks and the imputation API)."""
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("config", overrides=list(overrides))
 
 
 class AtomicModelCheckpoint(ModelCheckpoint):

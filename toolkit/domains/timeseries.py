@@ -28,6 +28,7 @@ step so that every step is covered.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -363,15 +364,25 @@ class Normalizer:
     std: np.ndarray
 
     @classmethod
-    def fit(cls, data: SeriesSet) -> Normalizer:
-        """Mean and (population) std of the observed values of each variable."""
+    def fit(cls, data: SeriesSet, window: int | None = None) -> Normalizer:
+        """Mean of the observed values of each variable and their spread: the population std, or,
+        with ``window``, the root-mean-square deviation from each window's own mean (windows half a
+        window apart): the scale of what the network sees once windows are centred on their mean
+        (``window_offset``), so that a slowly trending series still fills the unit range."""
         stacked = np.concatenate([s.values for s in data.series], axis=0)
         observed = ~np.isnan(stacked)
         empty = [c for c, n in zip(data.columns, observed.sum(axis=0), strict=True) if n == 0]
         if empty:
             raise ValueError(f"cannot normalise columns {empty}: they have no observed training value")
         mean = np.nanmean(stacked, axis=0)
-        std = np.nanstd(stacked, axis=0)
+        if window is None:
+            std = np.nanstd(stacked, axis=0)
+        else:
+            values = make_windows(data, window, max(1, window // 2)).values  # [N, K, L]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # windows where a variable is all missing
+                centred = values - np.nanmean(values, axis=-1, keepdims=True)
+                std = np.sqrt(np.nanmean(centred**2, axis=(0, 2)))
         std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
         return cls(list(data.columns), mean, std)
 
@@ -406,6 +417,12 @@ def to_model_space(values: np.ndarray, normalizer: Normalizer) -> tuple[Tensor, 
     observed = ~np.isnan(values)
     x = np.where(observed, normalizer.normalize(values, feature_axis=-2), 0.0)
     return torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(observed, dtype=torch.float32)
+
+
+def window_offset(x: Tensor, cond_mask: Tensor) -> Tensor:
+    """Mean of the given values of each window and variable, ``[B, K, 1]`` (0 where none is given)."""
+    count = cond_mask.sum(dim=-1, keepdim=True)
+    return (x * cond_mask).sum(dim=-1, keepdim=True) / count.clamp(min=1)
 
 
 # ----------------------------------------------------------------------------- training masks
@@ -645,7 +662,7 @@ class TimeSeriesDomain(Domain):
         if normalizer is not None:
             self.normalizer = Normalizer.from_dict(normalizer)
         else:
-            self.normalizer = Normalizer.fit(self.splits()[0])
+            self.normalizer = Normalizer.fit(self.splits()[0], window=self.window)
         self.columns = self.normalizer.columns
         self.sample_shape = (len(self.columns), self.window)
 
@@ -693,22 +710,27 @@ class TimeSeriesDomain(Domain):
         return instantiate(self.net_cfg, num_features=len(self.columns))
 
     def training_batch(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> TrainingBatch:
-        """Hide some observed values; condition on the rest; the loss counts the hidden ones only."""
+        """Hide some observed values; condition on the rest; the loss counts the hidden ones only.
+        Each window is centred on the mean of its conditioning values (``window_offset``), as the
+        denoiser does at sampling time, so the network learns shapes, not levels."""
         x = batch["x"]
         observed = batch["mask"] > 0
         hidden = self.masker(observed, generator)
         cond_mask = (observed & ~hidden).to(x.dtype)
-        cond = {"cond_values": x * cond_mask, "cond_mask": cond_mask}
+        centred = (x - window_offset(x, cond_mask)) * observed.to(x.dtype)
+        cond = {"cond_values": centred * cond_mask, "cond_mask": cond_mask}
         if "time_pos" in batch:
             cond["time_pos"] = batch["time_pos"]
-        return TrainingBatch(x=x, cond=cond, loss_mask=(observed & hidden).to(x.dtype))
+        return TrainingBatch(x=centred, cond=cond, loss_mask=(observed & hidden).to(x.dtype))
 
     def imputation_inputs(self, x: Tensor, cond_mask: Tensor, time_pos: Tensor | None = None) -> dict:
         """Keyword arguments for ``sampler.sample``: the given values condition the network and
-        are the sampler's known region, so they come back exactly."""
+        are the sampler's known region, so they come back exactly. Their mean per window and
+        variable is the denoiser's ``offset``; the network sees values centred on it."""
         cond_mask = cond_mask.to(x.dtype)
         known = x * cond_mask
-        cond = {"cond_values": known, "cond_mask": cond_mask}
+        offset = window_offset(x, cond_mask)
+        cond = {"cond_values": (x - offset) * cond_mask, "cond_mask": cond_mask, "offset": offset}
         if time_pos is not None:
             cond["time_pos"] = time_pos.to(x.dtype)
         return {"cond": cond, "known_mask": cond_mask, "known_values": known}

@@ -124,6 +124,7 @@ class CSDINet(nn.Module):
         diffusion_emb_dim: int = 128,
         ff_dim: int = 64,
         dropout: float = 0.0,
+        input_kernel: int = 5,
     ):
         super().__init__()
         if num_features < 1:
@@ -142,7 +143,10 @@ class CSDINet(nn.Module):
             nn.Linear(diffusion_emb_dim, diffusion_emb_dim),
             nn.SiLU(),
         )
-        self.input_proj = nn.Sequential(nn.Linear(2, channels), nn.ReLU())
+        if input_kernel < 1 or input_kernel % 2 == 0:
+            raise ValueError(f"input_kernel must be an odd number >= 1, got {input_kernel}")
+        self.input_conv = nn.Conv1d(3, channels, input_kernel, padding=input_kernel // 2)
+        self.input_side = SideProjection(time_emb_dim, feature_emb_dim, channels)
         self.layers = nn.ModuleList(
             ResidualLayer(channels, time_emb_dim, feature_emb_dim, diffusion_emb_dim, heads, ff_dim, dropout)
             for _ in range(layers)
@@ -176,9 +180,12 @@ class CSDINet(nn.Module):
         time_pos = time_pos.to(x_t.device).expand(b, steps)
         t = torch.as_tensor(t, device=x_t.device, dtype=x_t.dtype).reshape(-1).expand(b)
 
-        h = self.input_proj(torch.stack([cond_values, x_t * (1 - cond_mask)], dim=-1))
         time_emb = position_embedding(time_pos, self.time_emb_dim).to(x_t.dtype)
         feature_emb = self.feature_embedding.weight.to(x_t.dtype)
+        channels_in = torch.stack([cond_values, cond_mask, x_t * (1 - cond_mask)], dim=2)  # [B, K, 3, L]
+        local = self.input_conv(channels_in.reshape(b * self.num_features, 3, steps))
+        h = local.reshape(b, self.num_features, -1, steps).transpose(2, 3)
+        h = torch.relu(h + self.input_side(time_emb, feature_emb, cond_mask))
         diffusion_emb = self.diffusion_mlp(sinusoidal_embedding(t, self.diffusion_emb_dim).to(x_t.dtype))
         skip_sum = torch.zeros_like(h)
         for layer in self.layers:
