@@ -6,6 +6,21 @@ import torch
 torch.set_num_threads(1)
 
 
+def load_benchmark(name: str):
+    """The script ``benchmarks/<name>.py`` as a module (registered in ``sys.modules``, where
+    dataclasses look their module up while the file executes)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def save_untrained_checkpoint(path, overrides):
     """A Lightning-format checkpoint of an untrained module built from the composed config with
     ``overrides``: what benchmark end-to-end tests need without training."""

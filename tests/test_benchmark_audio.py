@@ -2,7 +2,6 @@
 the floor and scores, the waveform round trip, the Wilson interval, the verdict, and one end-to-end run
 on an untrained checkpoint so that the script cannot rot."""
 
-import importlib.util
 import math
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import save_untrained_checkpoint
+from conftest import load_benchmark, save_untrained_checkpoint
 
 from toolkit.domains.audio import AudioDomain
 
@@ -31,15 +30,7 @@ DOMAIN_OPTIONS = dict(
 )
 
 
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = load_script("audio_quality")
+bench = load_benchmark("audio_quality")
 common = sys.modules["benchmarks.common"]  # the helpers exactly as the script imported them
 
 

@@ -2,15 +2,13 @@
 distance against closed forms, NFE budgets, the digit classifier, the report, and one end-to-end
 run on an untrained checkpoint so that the script cannot rot."""
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import save_untrained_checkpoint
+from conftest import load_benchmark, save_untrained_checkpoint
 from scipy import linalg
 
 from toolkit.core import schedule
@@ -19,16 +17,8 @@ from toolkit.domains.image import ImageDomain
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
-
-
-common = load_script("common")
-bench = load_script("image_quality")
+common = load_benchmark("common")
+bench = load_benchmark("image_quality")
 
 
 def random_covariance(rng: np.random.Generator, d: int) -> np.ndarray:

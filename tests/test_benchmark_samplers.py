@@ -1,11 +1,11 @@
 """benchmarks/samplers.py on a tiny configuration, so that the script cannot rot: its diffusers
 drivers must reproduce the mixture and agree with our samplers on the same grid."""
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_benchmark
 
 pytest.importorskip("diffusers")
 
@@ -17,12 +17,9 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "samplers.py"
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("benchmark_samplers", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
+    module = load_benchmark("samplers")
     yield module
-    del sys.modules[spec.name]
+    del sys.modules[module.__name__]
 
 
 @pytest.fixture(scope="module")

@@ -3,16 +3,14 @@ permutation-equivariant network, and the Chamfer/EMD/MMD/COV/1-NNA metrics."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import trimesh
-from conftest import save_untrained_checkpoint
+from conftest import load_benchmark, save_untrained_checkpoint
 from PIL import Image
 
 from toolkit.core import schedule
@@ -387,13 +385,23 @@ def test_save_unconditional_and_preview(tmp_path):
 # The network
 
 
-def test_network_is_permutation_equivariant():
-    net = perturbed(PointTransformer(num_classes=3, dim=32, depth=2, heads=4))
+@pytest.mark.parametrize("fourier_bands", [0, 4])
+def test_network_is_permutation_equivariant(fourier_bands):
+    net = perturbed(PointTransformer(num_classes=3, dim=32, depth=2, heads=4, fourier_bands=fourier_bands))
     x, t, label = torch.randn(2, 40, 3), torch.tensor([0.3, 0.8]), torch.tensor([1, 3])
     perm = torch.randperm(40, generator=torch.Generator().manual_seed(0))
     out = net(x, t, label=label)
     assert out.abs().mean() > 1e-3
     torch.testing.assert_close(net(x[:, perm], t, label=label), out[:, perm], atol=1e-5, rtol=1e-4)
+
+
+def test_fourier_features_resolve_small_offsets():
+    net = PointTransformer(dim=32, depth=1, heads=2, fourier_bands=6)
+    x = torch.zeros(1, 1, 3)
+    near = x + torch.tensor([0.01, 0.0, 0.0])
+    features, features_near = net.coordinate_features(x), net.coordinate_features(near)
+    assert features.shape == (1, 1, 3 * 13)
+    assert (features_near - features).abs().max() > 10 * 0.01  # the top octave moves ~2^5 pi times faster
 
 
 def test_latent_attention_is_permutation_equivariant():
@@ -600,17 +608,8 @@ def test_emd_set_metrics_agree_with_cd_on_separated_sets():
 # The quality benchmark (its metric part; the checkpoint loading needs a trained module)
 
 
-def load_benchmark():
-    path = Path(__file__).parents[1] / "benchmarks" / "pointcloud_quality.py"
-    spec = importlib.util.spec_from_file_location("pointcloud_quality", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_benchmark_class_matched_floor_subset():
-    bench = load_benchmark()
+    bench = load_benchmark("pointcloud_quality")
     points = torch.arange(6, dtype=torch.float32)[:, None, None].expand(6, 2, 3)
     labels = torch.tensor([0, 0, 0, 1, 1, 2])
     picked = bench.class_matched_subset(points, labels, torch.tensor([1, 0, 1, 0, 2, 2]))
@@ -624,7 +623,7 @@ def test_benchmark_class_matched_floor_subset():
 def test_benchmark_end_to_end_with_a_stand_in_denoiser(tmp_path):
     """A denoiser that always answers with one held-out shape: its samples all equal that shape
     (every sampler ends on the denoiser's answer), so COV is 1 / n and the rows are consistent."""
-    bench = load_benchmark()
+    bench = load_benchmark("pointcloud_quality")
     domain = PointCloudDomain(num_points=32, shapes_per_class=5, cache_dir=str(tmp_path), val_fraction=0.4)
     target = domain.split("val").points[0]
 
@@ -672,7 +671,7 @@ def test_benchmark_cli_on_an_untrained_checkpoint(tmp_path):
 
     out = tmp_path / "pointcloud.md"
     argv = ["--ckpt", str(ckpt), "--samplers", "ddim", "euler", "--nfe", "2", "--batch-size", "4", "--out", str(out)]
-    assert load_benchmark().main(argv) == out
+    assert load_benchmark("pointcloud_quality").main(argv) == out
     rows = [line for line in out.read_text().splitlines() if line.startswith(("| floor", "| ddim", "| euler"))]
     assert len(rows) == 3 and "Reproduce: `python benchmarks/pointcloud_quality.py --ckpt" in out.read_text()
     assert all(math.isfinite(float(row.split(" | ")[3])) for row in rows)

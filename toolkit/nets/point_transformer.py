@@ -83,12 +83,17 @@ class PointTransformer(nn.Module):
         dropout: float = 0.0,
         num_latents: int = 0,
         point_dim: int = 3,
+        fourier_bands: int = 0,
     ):
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
+        if fourier_bands < 0:
+            raise ValueError(f"fourier_bands must be >= 0, got {fourier_bands}")
         self.num_classes, self.dim, self.point_dim = num_classes, dim, point_dim
-        self.point_embedding = nn.Sequential(nn.Linear(point_dim, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.register_buffer("frequencies", torch.pi * 2.0 ** torch.arange(fourier_bands), persistent=False)
+        features = point_dim * (1 + 2 * fourier_bands)
+        self.point_embedding = nn.Sequential(nn.Linear(features, dim), nn.GELU(), nn.Linear(dim, dim))
         self.time_embedding = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.class_embedding = nn.Embedding(num_classes + 1, dim) if num_classes > 0 else None
         self.blocks = nn.ModuleList(PointBlock(dim, heads, mlp_ratio, dropout, num_latents) for _ in range(depth))
@@ -111,12 +116,20 @@ class PointTransformer(nn.Module):
             raise ValueError(f"labels must be in [0, {self.num_classes}] ({self.num_classes} = null class)")
         return cond + self.class_embedding(label)
 
+    def coordinate_features(self, x: Tensor) -> Tensor:
+        """Each point's coordinates, with ``fourier_bands`` octaves of sines and cosines of them
+        (NeRF's encoding), which let the embedding resolve fine offsets near a surface."""
+        if not len(self.frequencies):
+            return x
+        angles = (x[..., None] * self.frequencies.to(x.dtype)).flatten(-2)
+        return torch.cat([x, angles.sin(), angles.cos()], dim=-1)
+
     def forward(self, x: Tensor, t: Tensor, label: Tensor | None = None) -> Tensor:
         if x.ndim != 3 or x.shape[-1] != self.point_dim:
             raise ValueError(f"expected points of shape [B, N, {self.point_dim}], got {tuple(x.shape)}")
         t = t.to(x.dtype).expand(x.shape[0]) if t.ndim == 0 else t.to(x.dtype)
         cond = self.condition(t, label)
-        h = self.point_embedding(x)
+        h = self.point_embedding(self.coordinate_features(x))
         for block in self.blocks:
             h = block(h, cond)
         shift, scale = self.modulation_out(F.silu(cond))[:, None].chunk(2, -1)

@@ -1,0 +1,332 @@
+"""Time-series imputation quality and speed: our diffusion model against simple fills and PyPOTS' CSDI.
+
+    python benchmarks/imputation.py                       # co2 and macrodata: trains, scores, writes the table
+    python benchmarks/imputation.py --sources co2 --ckpt co2=runs/timeseries/<time>/checkpoints/last.ckpt
+
+For each data set the model is trained with the default time-series config (``python -m toolkit.train
+domain=timeseries domain.source=<name>`` plus the per-source settings below) unless a checkpoint is
+given. Held-out windows are the validation split (the last ``val_fraction`` of each series in time),
+cut ``window // 2`` apart. In each window, observed values are hidden on purpose: 10 %, 50 % and 90 %
+at random, or one block of ``window/4..window/2`` steps per variable; every scenario is drawn with
+``--mask-repeats`` seeds. Scores count the hidden values only, in units of each variable's training
+standard deviation (so variables of different scales weigh the same):
+
+- MAE and RMSE of the point estimate (the median of the samples for the probabilistic methods);
+- CRPS estimated from the quantiles 0.05, 0.10, ..., 0.95 of the samples, as CSDI does
+  (``mean_q 2 * pinball_q``); for a point estimate it equals the MAE.
+
+Peers, each seeing the same window with the same values hidden: the mean of the window's remaining
+values per variable, last observation carried forward (then the first one backward), linear
+interpolation in time (pandas), and PyPOTS' CSDI (``pip install -e ".[bench-ts]" --only-binary
+tokenizers``) trained on the same training windows for the same number of epochs as ours, with the
+CSDI paper's sizes (64 channels, 4 layers, 8 heads, 50 diffusion steps). Inference time is the wall
+time to draw the same number of samples for every held-out window, divided by the number of windows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import OmegaConf
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import markdown_table, stopwatch, write_results  # noqa: E402
+
+from toolkit.domains.timeseries import Normalizer, make_windows  # noqa: E402
+from toolkit.impute import Imputer  # noqa: E402
+from toolkit.train import compose_config, train  # noqa: E402
+
+DEFAULT_OUT = Path(__file__).parent / "results" / "imputation.md"
+SOURCE_SETTINGS = {
+    "co2": [],
+    "macrodata": ["domain.window=32", "domain.stride=2"],  # 203 quarters: short windows, dense cuts
+}
+RATES = (0.1, 0.5, 0.9)
+CSDI_PAPER_SIZES = {"channels": 64, "layers": 4, "heads": 8, "time_emb_dim": 128, "feature_emb_dim": 16}
+QUANTILE_LEVELS = np.round(np.arange(0.05, 0.951, 0.05), 2)
+
+
+@dataclass
+class Scenario:
+    """Held-out windows with values hidden on purpose: ``given`` (NaN where hidden or missing),
+    ``truth`` and ``hidden`` (the cells scored), all [N, K, L]."""
+
+    name: str
+    given: np.ndarray
+    truth: np.ndarray
+    hidden: np.ndarray
+
+
+@dataclass
+class Scores:
+    mae: float
+    rmse: float
+    crps: float
+
+
+@dataclass
+class MethodResult:
+    name: str
+    scores: dict[str, Scores] = field(default_factory=dict)
+    seconds_per_window: float | None = None
+    note: str = ""
+
+
+def hide(truth: np.ndarray, kind: str, rate: float, seed: int) -> np.ndarray:
+    """Cells of ``truth`` [N, K, L] to hide: observed cells at random with probability ``rate``, or
+    (kind "block") one block of window/4..window/2 steps per variable. At least one observed cell
+    of each window stays given."""
+    rng = np.random.default_rng(seed)
+    observed = ~np.isnan(truth)
+    n, k, steps = truth.shape
+    if kind == "random":
+        hidden = observed & (rng.random(truth.shape) < rate)
+    else:
+        lengths = rng.integers(steps // 4, steps // 2 + 1, size=(n, k))
+        starts = rng.integers(0, steps - lengths + 1)
+        pos = np.arange(steps)
+        hidden = observed & (pos >= starts[..., None]) & (pos < (starts + lengths)[..., None])
+    for i in range(n):
+        remaining = observed[i] & ~hidden[i]
+        if not remaining.any():
+            cells = np.argwhere(observed[i])
+            keep = cells[rng.integers(len(cells))]
+            hidden[i, keep[0], keep[1]] = False
+    return hidden
+
+
+def scenarios(truth: np.ndarray, repeats: int) -> list[Scenario]:
+    """The random-rate and block scenarios, each drawn ``repeats`` times (stacked along windows)."""
+    kinds = [(f"{int(r * 100)}% random", "random", r) for r in RATES] + [("block", "block", 0.0)]
+    result = []
+    for number, (name, kind, rate) in enumerate(kinds):
+        masks = [hide(truth, kind, rate, seed=1000 * number + r) for r in range(repeats)]
+        hidden = np.concatenate(masks)
+        stacked = np.concatenate([truth] * repeats)
+        result.append(Scenario(name, np.where(hidden, np.nan, stacked), stacked, hidden))
+    return result
+
+
+def window_mean(given: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    """Each variable's gaps filled with the mean of its given values in the window (the training
+    mean where a window has none)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # windows where a variable has no given value
+        means = np.nanmean(given, axis=-1, keepdims=True)
+    means = np.where(np.isnan(means), fallback[None, :, None], means)
+    return np.where(np.isnan(given), means, given)
+
+
+def fill_along_time(given: np.ndarray, fallback: np.ndarray, fill: Callable[[pd.DataFrame], pd.DataFrame]):
+    """Apply a pandas fill to every window (time down the rows); the training mean where a variable
+    has no given value in the window."""
+    out = np.empty_like(given)
+    for i, window in enumerate(given):
+        filled = fill(pd.DataFrame(window.T)).to_numpy().T
+        out[i] = np.where(np.isnan(filled), fallback[:, None], filled)
+    return out
+
+
+def locf(given: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    return fill_along_time(given, fallback, lambda frame: frame.ffill().bfill())
+
+
+def linear(given: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    return fill_along_time(given, fallback, lambda frame: frame.interpolate(limit_direction="both"))
+
+
+def score(truth: np.ndarray, hidden: np.ndarray, std: np.ndarray, draws: np.ndarray) -> Scores:
+    """Scores of ``draws`` [S, N, K, L] (S = 1 for a point estimate) on the hidden cells, in units
+    of each variable's training standard deviation."""
+    scale = std[None, :, None]
+    target = (truth / scale)[hidden]
+    draws = draws / scale[None]
+    point = np.median(draws, axis=0)[hidden]
+    error = point - target
+    quantiles = np.quantile(draws, QUANTILE_LEVELS, axis=0)[:, hidden]  # [Q, cells]
+    below = (target[None] < quantiles).astype(float)
+    pinball = (quantiles - target[None]) * (below - QUANTILE_LEVELS[:, None])
+    return Scores(
+        mae=float(np.abs(error).mean()),
+        rmse=float(np.sqrt((error**2).mean())),
+        crps=float((2 * pinball).mean()),
+    )
+
+
+def train_or_load(
+    source: str, ckpt: Path | None, run_root: Path, max_steps: int | None, extra: Sequence[str] = ()
+) -> tuple[Imputer, Path]:
+    """The model of ``source``: the given checkpoint, else one trained with the default config."""
+    if ckpt is not None:
+        return Imputer.load(ckpt), ckpt
+    overrides = ["domain=timeseries", f"domain.source={source}", "trainer.enable_progress_bar=false"]
+    overrides += [*SOURCE_SETTINGS[source], *extra]
+    if max_steps is not None:
+        overrides.append(f"trainer.max_steps={max_steps}")
+    cfg = compose_config(overrides)
+    run_dir = run_root / source
+    train(cfg, run_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    return Imputer.load(last), last
+
+
+def pypots_peer(imputer: Imputer, runs: list[Scenario], n_samples: int, seed: int) -> tuple[MethodResult, list]:
+    """PyPOTS' CSDI trained like ours; the draws for every scenario, or a note when unavailable."""
+    from pypots_peer import pypots_csdi
+
+    config = imputer.module.config
+    domain = imputer.domain
+    train_windows = make_windows(domain.splits()[0], domain.window, domain.stride).values
+    batch = int(config["data"]["batch_size"])
+    epochs = max(1, round(int(config["trainer"]["max_steps"]) * batch / len(train_windows)))
+    given = np.concatenate([s.given for s in runs])
+    out = pypots_csdi(
+        train_windows.transpose(0, 2, 1),
+        given.transpose(0, 2, 1),
+        epochs=epochs,
+        n_samples=n_samples,
+        seed=seed,
+        batch_size=batch,
+        **CSDI_PAPER_SIZES,
+    )
+    samples = out["samples"].transpose(0, 1, 3, 2)
+    bounds = np.cumsum([0, *(len(s.given) for s in runs)])
+    draws = [samples[:, a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    seconds = out["predict_seconds"]
+    windows = sum(len(s.given) for s in runs)
+    note = f"PyPOTS {out['version']}, {epochs} epochs, CSDI paper sizes {CSDI_PAPER_SIZES}, 50 DDPM steps"
+    return MethodResult("PyPOTS CSDI", seconds_per_window=seconds / windows, note=note), draws
+
+
+def evaluate(
+    source: str, imputer: Imputer, args: argparse.Namespace
+) -> tuple[list[MethodResult], list[Scenario], dict]:
+    domain = imputer.domain
+    held_out = domain.splits()[1]
+    windows = make_windows(held_out, domain.window, max(1, domain.window // 2))
+    runs = scenarios(windows.values, args.mask_repeats)
+    time_pos = np.concatenate([windows.time_pos] * args.mask_repeats)
+    scale = Normalizer.fit(domain.splits()[0])  # the training values' own mean and std, whatever the model uses
+    mean, std = scale.mean, scale.std
+    results = [
+        MethodResult("window mean", note="mean of the window's given values"),
+        MethodResult("LOCF", note="last observation carried forward, then first backward"),
+        MethodResult("linear interpolation", note="pandas interpolate, both directions"),
+    ]
+    fills = [window_mean, locf, linear]
+    for scenario in runs:
+        for result, fill in zip(results, fills, strict=True):
+            draws = fill(scenario.given, mean)[None]
+            result.scores[scenario.name] = score(scenario.truth, scenario.hidden, std, draws)
+    for steps in args.steps:
+        ours = MethodResult(f"ours, {args.sampler} {steps} steps", note=f"{args.n_samples} samples, batched")
+        seconds = 0.0
+        for scenario in runs:
+            with stopwatch() as watch:
+                draws = imputer.sample_windows(
+                    scenario.given,
+                    time_pos,
+                    n_samples=args.n_samples,
+                    seed=args.seed,
+                    steps=steps,
+                    sampler=args.sampler,
+                )
+            seconds += watch.seconds
+            ours.scores[scenario.name] = score(scenario.truth, scenario.hidden, std, draws)
+        ours.seconds_per_window = seconds / sum(len(s.given) for s in runs)
+        results.append(ours)
+    if args.peer:
+        try:
+            peer, peer_draws = pypots_peer(imputer, runs, args.n_samples, args.seed)
+        except ImportError as error:
+            print(f"PyPOTS CSDI skipped: {error}")
+        else:
+            for scenario, draws in zip(runs, peer_draws, strict=True):
+                peer.scores[scenario.name] = score(scenario.truth, scenario.hidden, std, draws)
+            results.append(peer)
+    facts = {
+        "windows": len(windows),
+        "variables": len(domain.columns),
+        "window": domain.window,
+        "hidden": {s.name: int(s.hidden.sum()) for s in runs},
+    }
+    return results, runs, facts
+
+
+def section(source: str, ckpt: Path, imputer: Imputer, results, runs, facts, args) -> list[str]:
+    config = imputer.module.config
+    header = ["method", *[f"{s.name}: MAE / RMSE / CRPS" for s in runs]]
+    rows = []
+    for r in results:
+        cells = [f"{c.mae:.3f} / {c.rmse:.3f} / {c.crps:.3f}" for c in (r.scores[s.name] for s in runs)]
+        rows.append([r.name, *cells])
+    timed = [r for r in results if r.seconds_per_window is not None]
+    slowest = max((r.seconds_per_window for r in timed), default=None)
+    time_rows = [
+        [r.name, f"{1000 * r.seconds_per_window:.1f}", f"{slowest / r.seconds_per_window:.1f}x", r.note] for r in timed
+    ]
+    hidden = ", ".join(f"{name}: {count}" for name, count in facts["hidden"].items())
+    lines = [
+        f"## {source}",
+        "",
+        f"- Model: `{ckpt}` ({config['trainer']['max_steps']} steps of batch {config['data']['batch_size']}, "
+        f"net {OmegaConf.to_container(OmegaConf.create(config['domain']['net']))}).",
+        f"- Held-out: {facts['windows']} windows of {facts['window']} steps x {facts['variables']} variables, "
+        f"each scenario drawn {args.mask_repeats} times; hidden cells scored: {hidden}.",
+        "- Scores in training standard deviations; lower is better.",
+        "",
+        *markdown_table(header, rows),
+        "",
+        f"Inference, {args.n_samples} samples per window:",
+        "",
+        *markdown_table(["method", "ms per window", "speed-up vs slowest", "notes"], time_rows, "lrrl"),
+        "",
+    ]
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sources", nargs="+", default=list(SOURCE_SETTINGS), choices=list(SOURCE_SETTINGS))
+    parser.add_argument("--ckpt", nargs="*", default=[], help="SOURCE=PATH: score this checkpoint instead of training")
+    parser.add_argument("--max-steps", type=int, default=None, help="training steps (default: the config's)")
+    parser.add_argument("--override", nargs="*", default=[], help="training config KEY=VALUE for every source")
+    parser.add_argument("--sampler", default="dpmpp_2m")
+    parser.add_argument("--steps", nargs="+", type=int, default=[10, 20], help="sampler steps for our rows")
+    parser.add_argument("--n-samples", type=int, default=20)
+    parser.add_argument("--mask-repeats", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True, help="run PyPOTS' CSDI")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the machine may be shared)")
+    parser.add_argument("--run-root", type=Path, default=Path("runs/bench_imputation"))
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    checkpoints = dict(item.split("=", 1) for item in args.ckpt)
+    unknown = set(checkpoints) - set(args.sources)
+    if unknown:
+        parser.error(f"--ckpt names sources not benchmarked: {sorted(unknown)}")
+    body = ["\n\n".join(__doc__.split("\n\n")[2:]).strip(), ""]
+    for source in args.sources:
+        given = Path(checkpoints[source]) if source in checkpoints else None
+        imputer, ckpt = train_or_load(source, given, args.run_root, args.max_steps, args.override)
+        results, runs, facts = evaluate(source, imputer, args)
+        lines = section(source, ckpt, imputer, results, runs, facts, args)
+        print("\n".join(lines))
+        body += lines
+    command = "python benchmarks/imputation.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    path = write_results(args.out, "Time-series imputation", command.strip(), body)
+    print(f"wrote {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""The pieces of benchmarks/imputation.py: hiding, the simple fills, the scores, and one end-to-end run
+on an untrained checkpoint so that the script cannot rot."""
+
+import numpy as np
+import pytest
+from conftest import load_benchmark, save_untrained_checkpoint
+
+bench = load_benchmark("imputation")
+
+
+def ramp_windows(n: int = 6, k: int = 2, steps: int = 16) -> np.ndarray:
+    t = np.arange(steps, dtype=float)
+    return np.stack([np.stack([2.0 * t + 10 * j + i for j in range(k)]) for i in range(n)])
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.5, 0.9])
+def test_random_hiding_hits_the_rate_and_keeps_a_given_value_per_window(rate):
+    truth = ramp_windows(200, 2, 32)
+    truth[:, 0, :5] = np.nan  # missing in the data: never hidden, never scored
+    hidden = bench.hide(truth, "random", rate, seed=0)
+    observed = ~np.isnan(truth)
+    assert not (hidden & ~observed).any()
+    assert hidden[observed].mean() == pytest.approx(rate, abs=0.02)
+    assert ((observed & ~hidden).reshape(200, -1).any(axis=1)).all()
+    np.testing.assert_array_equal(hidden, bench.hide(truth, "random", rate, seed=0))
+
+
+def test_block_hiding_is_one_run_per_variable():
+    hidden = bench.hide(ramp_windows(50, 3, 32), "block", 0.0, seed=1)
+    for window in hidden:
+        for row in window:
+            run = np.flatnonzero(row)
+            assert 8 <= len(run) <= 16 and np.all(np.diff(run) == 1)
+
+
+def test_fills_use_only_the_given_values():
+    truth = ramp_windows()
+    given = truth.copy()
+    given[:, :, 3:9] = np.nan
+    fallback = np.array([-1.0, -2.0])
+    np.testing.assert_allclose(bench.linear(given, fallback), truth)  # a ramp is linear
+    carried = bench.locf(given, fallback)
+    np.testing.assert_allclose(carried[:, :, 3:9], np.repeat(truth[:, :, 2:3], 6, axis=2))
+    means = bench.window_mean(given, fallback)
+    expected = np.nanmean(given, axis=-1, keepdims=True)
+    np.testing.assert_allclose(means[:, :, 3:9], np.repeat(expected, 6, axis=2))
+    empty = np.full_like(given, np.nan)
+    for fill in (bench.linear, bench.locf, bench.window_mean):
+        np.testing.assert_allclose(fill(empty, fallback), np.broadcast_to(fallback[None, :, None], given.shape))
+
+
+def test_scores_in_training_std_units_and_crps_of_a_point_equals_its_mae():
+    truth = ramp_windows()
+    hidden = np.zeros(truth.shape, dtype=bool)
+    hidden[:, :, ::2] = True
+    std = np.array([2.0, 4.0])
+    exact = bench.score(truth, hidden, std, truth[None])
+    assert exact.mae == exact.rmse == exact.crps == 0.0
+    shifted = bench.score(truth, hidden, std, truth[None] + np.array([2.0, 4.0])[None, None, :, None])
+    assert shifted.mae == pytest.approx(1.0) and shifted.rmse == pytest.approx(1.0)
+    assert shifted.crps == pytest.approx(shifted.mae)
+    rng = np.random.default_rng(0)
+    spread = truth[None] + rng.normal(size=(400, *truth.shape)) * std[None, None, :, None]
+    calibrated = bench.score(truth, hidden, std, spread)
+    # CRPS of N(y, 1) at y is 2 phi(0) - 1/sqrt(pi) = (sqrt(2) - 1) / sqrt(pi) ~ 0.234; the 19-quantile
+    # estimate lands close to it, and three times the spread scores three times worse
+    assert calibrated.crps == pytest.approx((np.sqrt(2) - 1) / np.sqrt(np.pi), rel=0.15)
+    wide = bench.score(truth, hidden, std, truth[None] + 3 * (spread - truth[None]))
+    assert wide.crps == pytest.approx(3 * calibrated.crps, rel=1e-6)
+
+
+def test_end_to_end_on_an_untrained_checkpoint(tmp_path):
+    ckpt = save_untrained_checkpoint(
+        tmp_path / "untrained.ckpt",
+        [
+            "domain=timeseries",
+            "domain.window=16",
+            "domain.net.channels=8",
+            "domain.net.layers=1",
+            "domain.net.heads=2",
+            "domain.net.time_emb_dim=8",
+            "domain.net.feature_emb_dim=4",
+        ],
+    )
+    out = tmp_path / "imputation.md"
+    bench.main(
+        ["--sources", "co2", "--ckpt", f"co2={ckpt}", "--steps", "2", "--n-samples", "2", "--mask-repeats", "1"]
+        + ["--no-peer", "--out", str(out)]
+    )
+    text = out.read_text()
+    for row in ("window mean", "LOCF", "linear interpolation", "ours, dpmpp_2m 2 steps", "90% random", "block"):
+        assert row in text
+    assert "ms per window" in text

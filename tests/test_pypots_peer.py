@@ -1,0 +1,111 @@
+"""benchmarks/pypots_peer.py: the PyPOTS CSDI peer keeps its contract (all draws, observed values kept,
+the input's units, seeded) on a tiny model, and says how to install PyPOTS when it is missing."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import load_benchmark
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "pypots_peer.py"
+TINY = dict(
+    channels=8,
+    layers=1,
+    heads=2,
+    time_emb_dim=8,
+    feature_emb_dim=4,
+    diffusion_emb_dim=8,
+    n_diffusion_steps=5,
+    batch_size=8,
+)
+OFFSET = 1000.0
+
+
+@pytest.fixture(scope="module")
+def peer():
+    return load_benchmark("pypots_peer")
+
+
+@pytest.fixture(scope="module")
+def windows():
+    """Random walks far from zero (so a draw left in standardised units would show) with NaN holes."""
+    rng = np.random.default_rng(0)
+    train = OFFSET + np.cumsum(rng.normal(size=(16, 8, 2)), axis=1)
+    train[rng.random(train.shape) < 0.2] = np.nan
+    test = OFFSET + np.cumsum(rng.normal(size=(4, 8, 2)), axis=1)
+    test[rng.random(test.shape) < 0.5] = np.nan
+    return train, test
+
+
+@pytest.fixture(scope="module")
+def result(peer, windows):
+    pytest.importorskip("pypots")
+    train, test = windows
+    return peer.pypots_csdi(train, test, epochs=1, n_samples=3, seed=5, **TINY)
+
+
+def test_samples_keep_the_contract(result, windows):
+    import pypots
+
+    _, test = windows
+    observed = ~np.isnan(test)
+    samples = result["samples"]
+    assert samples.shape == (3, *test.shape)
+    assert samples.dtype == test.dtype
+    assert np.isfinite(samples).all()
+    assert (samples[:, observed] == test[observed]).all()
+    missing = samples[:, ~observed]
+    assert not np.allclose(missing[0], missing[1]), "the draws must be separate samples, not one repeated"
+    assert abs(np.median(missing) - OFFSET) < 50, "draws must come back in the input's units"
+    assert result["fit_seconds"] > 0 and result["predict_seconds"] > 0
+    assert result["version"] == pypots.__version__
+
+
+def test_seed_reproduces_and_changes_the_draws(peer, windows, result):
+    train, test = windows
+    again = peer.pypots_csdi(train, test, epochs=1, n_samples=3, seed=5, **TINY)
+    other = peer.pypots_csdi(train, test, epochs=1, n_samples=3, seed=6, **TINY)
+    np.testing.assert_array_equal(again["samples"], result["samples"])
+    missing = np.isnan(test)
+    assert not np.allclose(other["samples"][:, missing], result["samples"][:, missing])
+
+
+def test_thread_count_is_restored(peer, windows, result):
+    train, test = windows
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        peer.pypots_csdi(train[:8], test[:1], epochs=1, n_samples=1, **TINY)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize(
+    "train_shape, test_shape, kwargs, message",
+    [
+        ((4, 8, 2), (2, 6, 2), {}, "must share"),
+        ((4, 8), (2, 8, 2), {}, r"\[N, L, K\]"),
+        ((4, 8, 2), (2, 8, 2), {"n_samples": 0}, "n_samples"),
+        ((4, 8, 2), (2, 8, 2), {"channels": 10, "heads": 4}, "divisible"),
+    ],
+)
+def test_bad_input_is_refused_before_training(peer, train_shape, test_shape, kwargs, message):
+    arguments = {"epochs": 1, "n_samples": 2, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        peer.pypots_csdi(np.zeros(train_shape), np.zeros(test_shape), **arguments)
+
+
+def test_unobserved_training_channel_is_refused(peer):
+    train = np.zeros((4, 8, 2))
+    train[..., 1] = np.nan
+    with pytest.raises(ValueError, match=r"channels \[1\] have no observed value"):
+        peer.pypots_csdi(train, np.zeros((2, 8, 2)), epochs=1, n_samples=1)
+
+
+def test_missing_pypots_names_the_install_command(peer, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pypots", None)
+    with pytest.raises(ImportError, match=r"bench-ts.*--only-binary tokenizers"):
+        peer.pypots_csdi(np.zeros((4, 8, 2)), np.zeros((2, 8, 2)), epochs=1, n_samples=1)
