@@ -1,6 +1,6 @@
 """Imputation API: a DataFrame with gaps in, the filled DataFrame with its uncertainty out.
 
-    imp = Imputer.fit(df, window=64, max_steps=800)          # or Imputer.load("last.ckpt")
+    imp = Imputer.fit(df, window=64)                          # or Imputer.load("last.ckpt")
     res = imp.impute(df_with_gaps, n_samples=50, seed=0)
     res.filled, res.quantile(0.05), res.samples               # frames like the input; [S, rows, K]
     fc = imp.forecast(df, horizon=24)                         # the next 24 steps as gaps to fill
@@ -241,13 +241,15 @@ def _window_seed(seed: int, sample: int, series: int, start: int) -> int:
     return int(np.random.SeedSequence([seed, sample, series, start]).generate_state(1)[0])
 
 
-def fit_config(max_steps: int, settings: Mapping, overrides: Mapping) -> DictConfig:
+def fit_config(max_steps: int | None, settings: Mapping, overrides: Mapping) -> DictConfig:
     """The run config of ``python -m toolkit.train domain=timeseries`` with ``settings``, then the
     user's ``overrides`` (keys dotted or with ``__``; unknown keys are errors) applied. The EMA start
     and the warm-up are shortened to fit ``max_steps`` unless overridden."""
     cfg = compose_config(["domain=timeseries"])
+    max_steps = int(cfg.trainer.max_steps if max_steps is None else max_steps)
     OmegaConf.set_struct(cfg, False)
     values = {
+        "trainer.max_steps": max_steps,
         "ema.start_step": min(cfg.ema.start_step, max_steps // 2),
         "optim.warmup_steps": min(cfg.optim.warmup_steps, max(1, max_steps // 10)),
         **settings,
@@ -291,7 +293,7 @@ class Imputer:
         *,
         window: int = 64,
         stride: int = 8,
-        max_steps: int = 800,
+        max_steps: int | None = None,
         seed: int = 0,
         batch_size: int = 32,
         time_column: str | None = None,
@@ -317,7 +319,6 @@ class Imputer:
             "domain.time_column": time_column,
             "domain.series_column": series_column,
             "domain.columns": list(columns) if columns is not None else None,
-            "trainer.max_steps": max_steps,
             "trainer.enable_progress_bar": False,
             "trainer.enable_model_summary": False,
             "data.batch_size": batch_size,
