@@ -37,9 +37,8 @@ import pandas as pd
 import torch
 from omegaconf import OmegaConf
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import markdown_table, stopwatch, write_results  # noqa: E402
-
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import markdown_table, stopwatch, write_results  # noqa: E402
 from toolkit.domains.timeseries import Normalizer, make_windows  # noqa: E402
 from toolkit.impute import Imputer  # noqa: E402
 from toolkit.train import compose_config, train  # noqa: E402
@@ -180,7 +179,7 @@ def train_or_load(
 
 def pypots_peer(imputer: Imputer, runs: list[Scenario], n_samples: int, seed: int) -> tuple[MethodResult, list]:
     """PyPOTS' CSDI trained like ours; the draws for every scenario, or a note when unavailable."""
-    from pypots_peer import pypots_csdi
+    from benchmarks.pypots_peer import pypots_csdi
 
     config = imputer.module.config
     domain = imputer.domain
