@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +34,10 @@ import torch
 import torchaudio
 from threadpoolctl import threadpool_limits
 
-from toolkit.domains.audio import AudioDomain
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import cpu_model  # noqa: E402
+from toolkit.domains.audio import AudioDomain  # noqa: E402
 
 ITERATIONS = (16, 32, 64, 128)
 LSD_FLOOR_DB = -80.0
@@ -128,16 +132,6 @@ def evaluate(decode: Decoder, clips: torch.Tensor, codes: torch.Tensor, domain: 
         "lsd_sd": float(np.std(lsds)),
         "ms": 1000 * float(np.median(seconds)),
     }
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:
