@@ -313,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     unknown = set(checkpoints) - set(args.sources)
     if unknown:
         parser.error(f"--ckpt names sources not benchmarked: {sorted(unknown)}")
-    body = ["\n\n".join(__doc__.split("\n\n")[2:]).strip(), ""]
+    body = ["", "\n\n".join(__doc__.split("\n\n")[2:]).strip(), ""]  # a paragraph, not part of the header list
     for source in args.sources:
         given = Path(checkpoints[source]) if source in checkpoints else None
         imputer, ckpt = train_or_load(source, given, args.run_root, args.max_steps, args.override)
