@@ -18,8 +18,9 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from toolkit.module import DiffusionModule
+from toolkit.resources import resource_dir
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+CONF_DIR = str(resource_dir("conf"))
 
 
 def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:

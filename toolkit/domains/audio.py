@@ -30,18 +30,23 @@ import matplotlib
 import numpy as np
 import soundfile as sf
 import torch
-import torchaudio.functional as AF
-import torchaudio.transforms as T
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from toolkit import viz
 from toolkit.domains.base import Domain
 from toolkit.domains.data import TensorDictDataModule
+from toolkit.resources import resource_dir, torchaudio_load_error
+
+try:
+    import torchaudio.functional as AF
+    import torchaudio.transforms as T
+except (ImportError, OSError) as error:  # a torch/torchaudio mismatch fails here with an undefined symbol
+    raise torchaudio_load_error(error) from error
 
 SUPPORTED_SUFFIXES = (".wav", ".flac", ".ogg")
 FRAME_MULTIPLE = 8
-DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "data" / "audio" / "spoken_digits"
+DEFAULT_ROOT = resource_dir("data") / "audio" / "spoken_digits"
 ENCODE_CHUNK = 64
 COLOUR_MAP = "magma"
 PICTURE_SCALE = 4
