@@ -9,6 +9,7 @@ with ``torch.load(path, weights_only=True)``.
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import hydra
@@ -203,10 +204,62 @@ def _to(value, device):
 
 def load_module(path: str | Path, map_location: str = "cpu") -> DiffusionModule:
     """A trained module from a checkpoint, with the averaged (EMA) weights that Lightning's
-    weight-averaging callback stores as the checkpoint's ``state_dict``."""
+    weight-averaging callback stores as the checkpoint's ``state_dict``.
+
+    The file is read with ``weights_only=True``. A missing file raises FileNotFoundError; an empty
+    file, one that is not a PyTorch file, a PyTorch file that is not a toolkit checkpoint, and weights
+    that do not fit the config stored with them raise ValueError naming the file.
+    """
     path = Path(path)
+    if path.is_dir():
+        example = path / "checkpoints" / "last.ckpt"
+        raise ValueError(f"checkpoint {path} is a folder, not a file; pass the .ckpt inside it, e.g. {example}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist; pass the path of a .ckpt file (e.g. last.ckpt)")
-    module = DiffusionModule.load_from_checkpoint(path, map_location=map_location, weights_only=True)
-    module.eval()
-    return module
+    if path.stat().st_size == 0:
+        raise ValueError(f"checkpoint {path} is an empty file (0 bytes; an interrupted copy?); use another .ckpt")
+    with path.open("rb") as file:
+        start = file.read(4)
+    if not start.startswith((b"PK\x03\x04", b"\x80")):  # torch writes zip archives (legacy: pickles)
+        raise ValueError(
+            f"{path} is not a PyTorch checkpoint (neither a zip archive nor a pickle); "
+            "pass a .ckpt written by python -m toolkit.train"
+        )
+    try:
+        with warnings.catch_warnings():  # legacy pickles warn about their protocol before failing or not
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several kinds (pickle, zip, EOF) for files that are not its own
+        raise ValueError(
+            f"{path} is not a readable PyTorch checkpoint ({_summary(error)}); "
+            "pass a .ckpt written by python -m toolkit.train"
+        ) from None
+    config = checkpoint.get(DiffusionModule.CHECKPOINT_HYPER_PARAMS_KEY, {}) if isinstance(checkpoint, dict) else {}
+    config = config.get("config") if isinstance(config, dict) else None
+    if not isinstance(config, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise ValueError(
+            f"{path} is a PyTorch file but not a toolkit checkpoint (no hyper_parameters.config and state_dict); "
+            "pass a .ckpt from a run's checkpoints/ folder"
+        )
+    try:
+        module = DiffusionModule(config)
+    except KeyError as error:
+        raise ValueError(
+            f"checkpoint {path}: its config has no key {error}; was it written by another version?"
+        ) from None
+    except (ValueError, OSError) as error:
+        raise ValueError(f"checkpoint {path}: {error}") from None
+    try:
+        module.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as error:
+        raise ValueError(
+            f"checkpoint {path}: its weights do not fit the network its config describes ({_summary(error)}); "
+            "the file is damaged or was edited"
+        ) from None
+    return module.to(map_location).eval()
+
+
+def _summary(error: Exception) -> str:
+    """The first two lines of an exception's message, shortened: enough to say what went wrong."""
+    lines = [line.strip() for line in str(error).strip().splitlines()] or [type(error).__name__]
+    return " ".join(lines[:2])[:240]

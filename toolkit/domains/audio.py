@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from toolkit import viz
-from toolkit.domains.base import Domain
+from toolkit.domains.base import GRID_FILE, SAMPLES_FILE, STRIP_FILE, Domain
 from toolkit.domains.data import TensorDictDataModule
 from toolkit.resources import resource_dir, torchaudio_load_error
 
@@ -387,7 +387,7 @@ class AudioDomain(Domain):
             wav_path = out_dir / f"{stem}.wav"
             sf.write(wav_path, audio[i], self.sample_rate, subtype="PCM_16")
             written += [wav_path, viz.save_png(pictures[i], out_dir / f"{stem}.png", scale=PICTURE_SCALE)]
-        written.append(self.preview(x, out_dir / "grid.png", labels))
+        written.append(self.preview(x, out_dir / GRID_FILE, labels))
         if trajectory is not None:
             if tuple(trajectory.shape[1:]) != tuple(x.shape):
                 raise ValueError(
@@ -395,8 +395,8 @@ class AudioDomain(Domain):
                 )
             rows = trajectory[:, :STRIP_ROWS].transpose(0, 1)
             frames = self.spectrogram_pictures(rows).reshape(*rows.shape[:2], *pictures.shape[1:])
-            written.append(viz.save_strip(frames, out_dir / "strip.png", scale=GRID_SCALE))
-        npz_path = out_dir / "samples.npz"
+            written.append(viz.save_strip(frames, out_dir / STRIP_FILE, scale=GRID_SCALE))
+        npz_path = out_dir / SAMPLES_FILE
         np.savez_compressed(
             npz_path,
             audio=audio,

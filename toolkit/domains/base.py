@@ -13,6 +13,11 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+# Names every domain's ``save`` uses, so that outputs look the same whatever the modality.
+SAMPLES_FILE = "samples.npz"  # the samples as arrays, with ``labels`` and ``seeds``
+GRID_FILE = "grid.png"  # one picture of all samples
+STRIP_FILE = "strip.png"  # the progression from noise to result
+
 
 @dataclass
 class TrainingBatch:

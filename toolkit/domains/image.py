@@ -18,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
 
 from toolkit import viz
-from toolkit.domains.base import Domain
+from toolkit.domains.base import GRID_FILE, SAMPLES_FILE, STRIP_FILE, Domain
 from toolkit.domains.data import TensorDictDataModule, split_indices
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -360,16 +360,16 @@ class ImageDomain(Domain):
             raise ValueError(f"{n} samples but {len(seeds)} seeds")
         pictures = self.pictures(x)
         paths = [viz.save_png(picture, out_dir / f"sample_{i:04d}.png") for i, picture in enumerate(pictures)]
-        paths.append(self.preview(x, out_dir / "grid.png", labels))
+        paths.append(self.preview(x, out_dir / GRID_FILE, labels))
         if trajectory is not None:
             if trajectory.shape[1:] != x.shape:
                 raise ValueError(
                     f"trajectory shape {tuple(trajectory.shape)} does not match [steps, *{tuple(x.shape)}]"
                 )
             steps = np.stack([self.pictures(frame[:STRIP_ROWS]) for frame in trajectory], axis=1)
-            paths.append(viz.save_strip(steps, out_dir / "strip.png", scale=viz.display_scale(self.resolution)))
+            paths.append(viz.save_strip(steps, out_dir / STRIP_FILE, scale=viz.display_scale(self.resolution)))
         label_array = np.full(n, -1, dtype=np.int64) if labels is None else labels.cpu().numpy().astype(np.int64)
-        npz_path = out_dir / "samples.npz"
+        npz_path = out_dir / SAMPLES_FILE
         np.savez(
             npz_path,
             x=self.decode(x),
