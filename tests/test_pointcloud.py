@@ -181,8 +181,34 @@ def test_unsupported_format(tmp_path):
 def test_unreadable_file(tmp_path):
     path = tmp_path / "broken.glb"
     path.write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="could not read"):
+    with pytest.raises(ValueError, match="broken.glb: could not be parsed as GLB"):
         pc.load_geometry(path)
+
+
+def test_text_named_stl_is_not_called_empty(tmp_path):
+    path = tmp_path / "notes.stl"
+    path.write_text("vertex 1 2 3, sent by e-mail\n")
+    with pytest.raises(ValueError, match="notes.stl: could not be parsed as STL: it is neither ASCII STL") as error:
+        pc.load_geometry(path)
+    assert "empty" not in str(error.value)
+    (tmp_path / "zero.stl").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"zero.stl: empty file \(0 bytes\)"):
+        pc.load_geometry(tmp_path / "zero.stl")
+    box_mesh().export(tmp_path / "box.stl")
+    box_mesh().export(tmp_path / "box_ascii.stl", file_type="stl_ascii")
+    assert pc.looks_like_stl(tmp_path / "box.stl") and pc.looks_like_stl(tmp_path / "box_ascii.stl")
+    assert not pc.looks_like_stl(path)
+
+
+def test_point_cloud_with_fewer_points_than_needed_is_an_error_unless_repeating(tmp_path):
+    (tmp_path / "few").mkdir()
+    trimesh.PointCloud(random_cloud(3)).export(tmp_path / "few" / "three.ply")
+    trimesh.PointCloud(random_cloud(100)).export(tmp_path / "few" / "many.ply")
+    domain = PointCloudDomain(data_dir=str(tmp_path / "few"), num_points=64, val_fraction=0.0)
+    with pytest.raises(ValueError, match=r"three.ply: point cloud has 3 points but num_points=64 needs at least 64"):
+        domain.split("train")
+    padded = PointCloudDomain(data_dir=str(tmp_path / "few"), num_points=64, val_fraction=0.0, repeat_points=True)
+    assert padded.split("train").points.shape == (2, 64, 3)
 
 
 def test_bad_settings():
@@ -348,7 +374,7 @@ def test_render_draws_near_points_darker_over_far_ones():
     assert (pc.render_cloud(np.array([[5.0, 5.0, 5.0]]), size=16) == 1).all()  # outside the frame
 
 
-def test_save_writes_ply_png_npz_grid_and_progression(tmp_path):
+def test_save_writes_ply_png_npz_grid_and_strip(tmp_path):
     domain = PointCloudDomain(num_points=50, shapes_per_class=2, cache_dir=str(tmp_path / "cache"))
     x = torch.from_numpy(pc.normalize_shapes(np.stack([random_cloud(50, s) for s in range(3)]), "unit_sphere")).float()
     trajectory = torch.stack([x * 0, x * 0.5, x])
@@ -359,7 +385,7 @@ def test_save_writes_ply_png_npz_grid_and_progression(tmp_path):
         "001_mug_seed8.png",
         "samples.npz",
         "grid.png",
-        "progression.png",
+        "strip.png",
     } <= names
     cloud = trimesh.load(tmp_path / "out" / "002_table_seed9.ply")
     np.testing.assert_allclose(cloud.vertices, x[2].numpy(), atol=1e-6)
@@ -376,7 +402,7 @@ def test_save_unconditional_and_preview(tmp_path):
     x = torch.randn(2, 40, 3) * 0.3
     paths = domain.save(x, tmp_path / "out", None, [0, 1])
     assert np.load(tmp_path / "out" / "samples.npz")["labels"].tolist() == [-1, -1]
-    assert "progression.png" not in {p.name for p in paths}
+    assert "strip.png" not in {p.name for p in paths}
     preview = domain.preview(x, tmp_path / "preview.png", torch.tensor([1, 2]))
     assert Image.open(preview).size[0] >= 2 * 64
 

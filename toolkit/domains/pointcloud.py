@@ -6,9 +6,10 @@ sub-folders is one unlabelled set (unconditional model). Material, texture, meta
 files next to the shapes are ignored (``COMPANION_FILES``); any other file is an error. Meshes
 are sampled to ``num_points`` points uniformly over their surface (area-weighted,
 ``trimesh.sample.sample_surface``). A PLY without faces is a point cloud and is taken as it is:
-with more than ``num_points`` points a random subset (without replacement) is kept, with fewer,
-all points plus randomly repeated ones (with replacement). Both draws are seeded by ``seed`` and
-the file's relative path, so they do not depend on the other files. Without ``data_dir``, a
+with more than ``num_points`` points a random subset (without replacement) is kept; one with fewer
+is an error naming the file, unless ``repeat_points=True`` allows padding it with randomly repeated
+points (with replacement). Both draws are seeded by ``seed`` and the file's relative path, so they
+do not depend on the other files. Without ``data_dir``, a
 procedural set of five classes (airplane, chair, lamp, mug, table) built from trimesh primitives
 is generated on first use and cached as PLY meshes.
 
@@ -46,7 +47,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from toolkit import viz
-from toolkit.domains.base import Domain
+from toolkit.domains.base import GRID_FILE, SAMPLES_FILE, STRIP_FILE, Domain
 
 SUPPORTED_FORMATS = (".obj", ".ply", ".stl", ".off", ".glb")
 COMPANION_FILES = (
@@ -72,13 +73,21 @@ def load_geometry(path: Path) -> trimesh.Trimesh | trimesh.PointCloud:
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_FORMATS:
         raise ValueError(f"{path}: unsupported format {suffix or '(none)'!r}; convert it to one of {SUPPORTED_FORMATS}")
+    kind = suffix[1:].upper()
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: empty file (0 bytes); remove it or export the shape again")
     try:
         loaded = trimesh.load(path, process=False)
     except Exception as err:
-        raise ValueError(f"{path}: trimesh could not read it ({err})") from err
+        raise ValueError(f"{path}: could not be parsed as {kind} ({err}); export the shape again") from err
     if isinstance(loaded, trimesh.Scene):
         if not loaded.geometry:
-            raise ValueError(f"{path}: empty file, it holds no geometry")
+            if suffix == ".stl" and not looks_like_stl(path):
+                raise ValueError(
+                    f"{path}: could not be parsed as STL: it is neither ASCII STL (starting with 'solid') nor "
+                    "binary STL (an 84-byte header, then 50 bytes per triangle); export the shape again"
+                )
+            raise ValueError(f"{path}: empty file, it holds no geometry (or nothing trimesh could read as {kind})")
         loaded = loaded.to_geometry()
     if not isinstance(loaded, trimesh.Trimesh | trimesh.PointCloud):
         raise ValueError(f"{path}: holds a {type(loaded).__name__}, not a mesh or point cloud")
@@ -100,6 +109,31 @@ def load_geometry(path: Path) -> trimesh.Trimesh | trimesh.PointCloud:
     if not mesh.area > 0:
         raise ValueError(f"{path}: all faces have zero area, so there is no surface to sample")
     return mesh
+
+
+def looks_like_stl(path: Path) -> bool:
+    """Whether a file has the form of ASCII STL (text starting with ``solid``) or binary STL (an
+    80-byte header, a triangle count, 50 bytes per triangle)."""
+    with Path(path).open("rb") as file:
+        head = file.read(84)
+    if head.lstrip().lower().startswith(b"solid"):
+        return True
+    size = Path(path).stat().st_size
+    return len(head) == 84 and size == 84 + 50 * int.from_bytes(head[80:84], "little")
+
+
+def read_points(path: Path, num_points: int, seed: int | list[int], repeat_points: bool = False) -> np.ndarray:
+    """One file as ``num_points`` points [N, 3] (see ``sample_points``). A point cloud with fewer
+    points is an error naming the file, unless ``repeat_points`` allows padding it."""
+    geometry = load_geometry(path)
+    count = len(geometry.vertices)
+    if isinstance(geometry, trimesh.PointCloud) and count < num_points and not repeat_points:
+        raise ValueError(
+            f"{path}: point cloud has {count} points but num_points={num_points} needs at least {num_points}; "
+            "use denser clouds, lower domain.num_points, or set domain.repeat_points=true to pad clouds "
+            "with repeated points"
+        )
+    return sample_points(geometry, num_points, seed)
 
 
 def sample_points(geometry: trimesh.Trimesh | trimesh.PointCloud, num_points: int, seed: int | list[int]) -> np.ndarray:
@@ -478,6 +512,8 @@ class PointCloudDomain(Domain):
     See the module docstring for how files become points and how they are normalised.
     ``val_fraction`` of each class (at least one shape when a class has two or more) is held out,
     chosen by ``seed``; ``shapes_per_class`` and ``cache_dir`` concern the procedural set only.
+    ``repeat_points=True`` pads PLY point clouds with fewer than ``num_points`` points by repeating
+    some (otherwise they are an error).
 
     ``class_names`` and ``global_frame`` (``{"centre": [x, y, z], "scale": s}``) are normally found
     from the data; checkpoints store them (``checkpoint_kwargs``) so that the domain rebuilds, and
@@ -498,6 +534,7 @@ class PointCloudDomain(Domain):
         class_names: list[str] | None = None,
         global_frame: dict | None = None,
         net: dict | None = None,
+        repeat_points: bool = False,
     ):
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"unknown normalization {normalization!r}; choose one of {NORMALIZATIONS}")
@@ -508,6 +545,7 @@ class PointCloudDomain(Domain):
         self.data_dir = Path(data_dir).expanduser() if data_dir else None
         self.num_points, self.normalization, self.val_fraction = num_points, normalization, val_fraction
         self.shapes_per_class, self.cache_dir, self.seed = shapes_per_class, cache_dir, seed
+        self.repeat_points = repeat_points
         self.net_cfg = dict(net) if net is not None else {"_target_": "toolkit.nets.point_transformer.PointTransformer"}
         self.sample_shape = (num_points, 3)
         if class_names is not None:
@@ -562,7 +600,9 @@ class PointCloudDomain(Domain):
             )
         raw = np.stack(
             [
-                sample_points(load_geometry(f), self.num_points, path_seed(self.seed, f.relative_to(root).as_posix()))
+                read_points(
+                    f, self.num_points, path_seed(self.seed, f.relative_to(root).as_posix()), self.repeat_points
+                )
                 for f, _ in files
             ]
         )
@@ -650,8 +690,8 @@ class PointCloudDomain(Domain):
         """Per sample a PLY point cloud (``decode``d) and a PNG render; ``samples.npz`` with
         ``points`` [n, N, 3] (as in the PLY files), ``labels`` [n] (-1 when unconditional) and
         ``seeds`` [n]; ``grid.png`` (a row per class); and with a trajectory [steps, n, N, 3],
-        ``progression.png`` (a row for each of the first ``PROGRESSION_ROWS`` samples, left to right
-        from the first snapshot to the result)."""
+        ``strip.png`` (a row for each of the first ``PROGRESSION_ROWS`` samples, left to right from the
+        first snapshot to the result; called ``progression.png`` before, now named as in every domain)."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         clouds = self.decode(x)
@@ -665,19 +705,19 @@ class PointCloudDomain(Domain):
             trimesh.PointCloud(cloud).export(ply)
             renders.append(self.render(x[i]))
             written += [ply, viz.save_png(renders[-1], out_dir / f"{stem}.png")]
-        npz = out_dir / "samples.npz"
+        npz = out_dir / SAMPLES_FILE
         np.savez(
             npz,
             points=clouds,
             labels=np.array([-1 if v is None else v for v in label_list], dtype=np.int64),
             seeds=np.array(seeds, dtype=np.int64),
         )
-        written += [npz, self.save_renders(renders, out_dir / "grid.png", label_list)]
+        written += [npz, self.save_renders(renders, out_dir / GRID_FILE, label_list)]
         if trajectory is not None:
             frames = trajectory.detach().cpu()
             if frames.shape[1:] != x.shape:
                 raise ValueError(f"trajectory must be [steps, {len(x)}, N, 3], got {tuple(frames.shape)}")
             shown = range(min(len(clouds), PROGRESSION_ROWS))
             rows = np.stack([[self.render(frame, size=96) for frame in frames[:, i]] for i in shown])
-            written.append(viz.save_strip(rows, out_dir / "progression.png"))
+            written.append(viz.save_strip(rows, out_dir / STRIP_FILE))
         return written
