@@ -226,6 +226,34 @@ def test_unsupported_format_names_the_file_and_the_formats(tones: Path, name: st
         load_audio(tones / "high" / name, RATE)
 
 
+def test_unsupported_file_in_a_flat_folder_is_an_error_not_skipped(tmp_path: Path):
+    for i, frequency in enumerate([300.0, 600.0]):
+        sf.write(tmp_path / f"clip{i}.wav", sine(frequency, 0.5, RATE), RATE)
+    (tmp_path / "song.mp3").write_bytes(b"ID3 an mp3 we do not read")
+    with pytest.raises(ValueError, match=r"song[.]mp3.*supported formats are .wav, .flac, .ogg"):
+        AudioDomain(root=str(tmp_path), conditional=False)
+    (tmp_path / "song.mp3").unlink()
+    (tmp_path / ".DS_Store").write_bytes(b"hidden files are not data")
+    assert AudioDomain(root=str(tmp_path), conditional=False).num_classes == 0
+
+
+def test_unsupported_sound_next_to_class_folders_is_an_error(tones: Path):
+    (tones / "README.md").write_text("notes are fine next to class folders")
+    assert AudioDomain(root=str(tones)).num_classes == 2
+    (tones / "extra.m4a").write_bytes(b"not read")
+    with pytest.raises(ValueError, match=r"loose audio files \(e.g. extra[.]m4a\)"):
+        AudioDomain(root=str(tones))
+
+
+def test_checkpoint_kwargs_rebuild_the_domain_without_its_data(tones: Path, tmp_path: Path):
+    kwargs = AudioDomain(root=str(tones)).checkpoint_kwargs()
+    assert kwargs == {"class_names": ["high", "low"]}
+    rebuilt = AudioDomain(root=str(tmp_path / "elsewhere"), **kwargs)
+    assert rebuilt.class_names == ["high", "low"] and rebuilt.num_classes == 2
+    flat = AudioDomain(root=str(tmp_path / "elsewhere"), conditional=False, class_names=[])
+    assert flat.num_classes == 0
+
+
 def test_missing_folder_is_a_clear_error(tmp_path: Path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         AudioDomain(root=str(tmp_path / "nowhere"))

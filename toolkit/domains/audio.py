@@ -45,6 +45,8 @@ except (ImportError, OSError) as error:  # a torch/torchaudio mismatch fails her
     raise torchaudio_load_error(error) from error
 
 SUPPORTED_SUFFIXES = (".wav", ".flac", ".ogg")
+# Sound formats we do not read: next to class folders they are an error too, not silently skipped.
+OTHER_AUDIO_SUFFIXES = (".mp3", ".m4a", ".aac", ".wma", ".opus", ".aif", ".aiff", ".mp4", ".webm")
 FRAME_MULTIPLE = 8
 DEFAULT_ROOT = resource_dir("data") / "audio" / "spoken_digits"
 ENCODE_CHUNK = 64
@@ -54,14 +56,20 @@ GRID_SCALE = 2
 STRIP_ROWS = 8
 
 
-def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
-    """Read one sound file as float32 mono at `sample_rate` (channels averaged, resampled)."""
-    path = Path(path)
+def check_format(path: Path) -> None:
+    """ValueError naming the file and the supported formats unless it is WAV, FLAC or OGG."""
     if path.suffix.lower() not in SUPPORTED_SUFFIXES:
         raise ValueError(
             f"unsupported audio format '{path.suffix or '(no extension)'}' for {path}; "
-            f"supported formats are {', '.join(SUPPORTED_SUFFIXES)} (convert it, e.g. with sox or ffmpeg)"
+            f"supported formats are {', '.join(SUPPORTED_SUFFIXES)} (convert it, e.g. with sox or ffmpeg, "
+            "or move it out of the data folder)"
         )
+
+
+def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
+    """Read one sound file as float32 mono at `sample_rate` (channels averaged, resampled)."""
+    path = Path(path)
+    check_format(path)
     if not path.is_file():
         raise FileNotFoundError(f"audio file {path} does not exist")
     try:
@@ -96,7 +104,9 @@ def find_audio_files(root: Path, conditional: bool) -> tuple[list[Path], list[in
     """The audio files under `root` with their class index and the sorted class names.
 
     Conditional data sets need one sub-folder per class. Unconditional ones may also be a flat
-    folder of files (one class). Inside a class folder every non-hidden file must be audio.
+    folder of files (one class). Inside a class folder, and in a flat folder, every non-hidden file
+    must be audio in a supported format; next to class folders, other files (a README) are ignored
+    but sound files are an error.
     """
     if not root.is_dir():
         raise FileNotFoundError(
@@ -104,19 +114,20 @@ def find_audio_files(root: Path, conditional: bool) -> tuple[list[Path], list[in
             "sub-folder of WAV/FLAC/OGG files per class"
         )
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    loose_audio = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES)
+    loose = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
+    loose_audio = [p for p in loose if p.suffix.lower() in SUPPORTED_SUFFIXES + OTHER_AUDIO_SUFFIXES]
     if class_dirs and loose_audio:
         raise ValueError(
             f"{root} has both class sub-folders and loose audio files (e.g. {loose_audio[0].name}); "
             "move every file into a class sub-folder"
         )
     if not class_dirs:
-        if conditional or not loose_audio:
+        if conditional or not loose:
             raise ValueError(
                 f"no class sub-folders in {root}; put the clips of each class in a sub-folder named after "
                 "the class" + ("" if conditional else ", or put audio files directly in it")
             )
-        groups = [(root.name, loose_audio)]
+        groups = [(root.name, loose)]
     else:
         groups = [
             (d.name, sorted(p for p in d.rglob("*") if p.is_file() and not p.name.startswith("."))) for d in class_dirs
@@ -126,11 +137,7 @@ def find_audio_files(root: Path, conditional: bool) -> tuple[list[Path], list[in
         if not paths:
             raise ValueError(f"class folder '{name}' in {root} has no files; remove it or add clips")
         for path in paths:
-            if path.suffix.lower() not in SUPPORTED_SUFFIXES:
-                raise ValueError(
-                    f"unsupported audio format '{path.suffix or '(no extension)'}' for {path}; "
-                    f"supported formats are {', '.join(SUPPORTED_SUFFIXES)}"
-                )
+            check_format(path)
             files.append(path)
             labels.append(index)
     return files, labels, [name for name, _ in groups]
@@ -230,6 +237,10 @@ class AudioDomain(Domain):
         self.class_names = names if conditional else None
         self.num_classes = len(names) if conditional else 0
         self._examples: tuple[Tensor, Tensor] | None = None
+
+    def checkpoint_kwargs(self) -> dict:
+        """The class names ([] when unconditional), so that a checkpoint samples without the data."""
+        return {"class_names": list(self.class_names or [])}
 
     # ----- codec -----------------------------------------------------------------------------
 
