@@ -248,6 +248,32 @@ def test_grey_images_directly_in_root_are_unconditional(tmp_path):
     assert set(batch) == {"x"}
 
 
+def test_mixed_sizes_are_resized_with_one_warning_counting_them(tmp_path, recwarn):
+    for name, (height, width) in {"a": (16, 16), "b": (16, 16), "c": (20, 10), "d": (32, 32)}.items():
+        write_png(tmp_path / f"{name}.png", solid(height, width, 200, 1))
+    domain = ImageDomain(root=str(tmp_path), resolution=16, net=SMALL_NET)
+    images, _ = domain.load()
+    domain.load()
+    assert images.shape == (4, 1, 16, 16)
+    messages = [str(w.message) for w in recwarn if "resized to" in str(w.message)]
+    assert len(messages) == 1, "one warning, also when the data is asked for again"
+    assert "3 size(s)" in messages[0] and "2 of 16x16, 1 of 10x20, 1 of 32x32" in messages[0]
+    assert str(tmp_path) in messages[0] and "resized to 16x16; non-square ones are stretched" in messages[0]
+
+
+def test_one_square_size_resizes_without_a_warning(tmp_path, recwarn):
+    for name in "ab":
+        write_png(tmp_path / f"{name}.png", solid(32, 32, 200, 1))
+    images, _ = ImageDomain(root=str(tmp_path), resolution=16, net=SMALL_NET).load()
+    assert images.shape == (2, 1, 16, 16) and not [w for w in recwarn if "resized to" in str(w.message)]
+    write_png(tmp_path / "c.png", solid(32, 32, 200, 1))
+    (tmp_path / "a.png").unlink()
+    (tmp_path / "b.png").unlink()
+    write_png(tmp_path / "wide.png", solid(16, 32, 200, 1))
+    with pytest.warns(UserWarning, match=r"2 size\(s\).*1 of 32x32, 1 of 32x16.*non-square ones are stretched"):
+        ImageDomain(root=str(tmp_path), resolution=16, net=SMALL_NET).load()
+
+
 def test_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         ImageDomain(root=str(tmp_path / "nowhere"), net=SMALL_NET)

@@ -7,6 +7,8 @@ turn files into the keyword arguments of ``toolkit.core.sampler.sample``; the sa
 
 from __future__ import annotations
 
+import warnings
+from collections import Counter
 from pathlib import Path
 
 import hydra
@@ -198,12 +200,34 @@ def scan_image_folder(root: str | Path) -> tuple[list[Path], list[int], list[str
     return files, labels, [d.name for d in class_dirs]
 
 
+def warn_if_stretched(root: Path, sizes: Counter, resolution: int, shown: int = 5) -> None:
+    """One warning when a folder's images come in several sizes or are not square: each is resized
+    to ``resolution x resolution``, so non-square ones are stretched. ``sizes``: (width, height) -> count."""
+    stretched = any(width != height for width, height in sizes)
+    if len(sizes) == 1 and not stretched:
+        return
+    counts = [f"{count} of {width}x{height}" for (width, height), count in sizes.most_common(shown)]
+    more = f" and {len(sizes) - shown} more sizes" if len(sizes) > shown else ""
+    advice = (
+        "non-square ones are stretched (proportions not kept): crop them to squares first to avoid distortion"
+        if stretched
+        else "resize them to one size first if you want another resampling"
+    )
+    warnings.warn(
+        f"images in {root} come in {len(sizes)} size(s) (width x height): {', '.join(counts)}{more}; all are "
+        f"resized to {resolution}x{resolution}; {advice}",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
 class ImageDomain(Domain):
     """Grey or colour images of one square size.
 
     ``source="digits"`` uses scikit-learn's digits (grey, 10 classes); ``root=<folder>`` uses the
     PNG/JPEG files of a folder, labelled by class sub-folder when it has them. Images are stretched
-    to ``resolution x resolution``. ``class_names`` may be given to skip scanning the folder (e.g.
+    to ``resolution x resolution``, with one warning (the counts of each size) when a folder's images
+    differ in size or are not square. ``class_names`` may be given to skip scanning the folder (e.g.
     when sampling from a checkpoint on a machine without the data); it must match the folder when
     data is loaded.
     """
@@ -299,8 +323,13 @@ class ImageDomain(Domain):
                 f"class folders of {self.root} are {names} but the domain was built for "
                 f"{list(self.expected_class_names)}; use the same folder layout as in training"
             )
-        images = torch.stack([load_image(path, self.channels, self.resolution) for path in files])
-        return images, torch.tensor(labels or [0] * len(files), dtype=torch.long)
+        images, sizes = [], Counter()
+        for path in files:
+            image = read_image_file(path, self.channels)
+            sizes[(image.shape[-1], image.shape[-2])] += 1
+            images.append(resize(image[None], self.resolution)[0])
+        warn_if_stretched(self.root, sizes, self.resolution)
+        return torch.stack(images), torch.tensor(labels or [0] * len(files), dtype=torch.long)
 
     def encode(self, images: Tensor) -> Tensor:
         return encode(images)
