@@ -198,6 +198,19 @@ def test_a_failure_while_writing_leaves_nothing(tmp_path, capsys, checkpoints, m
     nothing_written(out)
 
 
+def test_ctrl_c_while_writing_leaves_nothing(tmp_path, capsys, checkpoints, monkeypatch):
+    def interrupted_save(self, x, out_dir, *args, **kwargs):
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "samples.npz").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ImageDomain, "save", interrupted_save)
+    with pytest.raises(SystemExit) as exit_info:
+        sample.main([f"ckpt={checkpoints['digits']}", f"out={tmp_path / 'out'}", *FAST])
+    assert exit_info.value.code == 130 and "nothing was written" in capsys.readouterr().err
+    nothing_written(tmp_path / "out")
+
+
 def test_help_lists_the_keys_with_defaults(capsys):
     for flag in ("--help", "-h"):
         sample.main([flag])
