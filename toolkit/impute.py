@@ -38,7 +38,6 @@ import functools
 import os
 import sys
 import tempfile
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +56,7 @@ from toolkit.domains.timeseries import (
     make_windows,
     read_frame,
     read_series,
+    time_grid,
     to_model_space,
 )
 from toolkit.module import DiffusionModule, load_module
@@ -151,7 +151,8 @@ def check_quantiles(quantiles: Sequence[float]) -> tuple[float, ...]:
 @dataclass
 class Prepared:
     """One input frame, read for the model: its series (model column order) and, per series, the
-    input row of each of its steps."""
+    input row of each of its steps (-1 for time stamps missing from the input's regular grid, which
+    ``read_series`` inserts as gaps)."""
 
     frame: pd.DataFrame
     variables: list
@@ -164,32 +165,14 @@ def _variables(frame: pd.DataFrame, time_column: str | None, series_column: str 
     return [c for c in frame.columns if str(c) not in reserved]
 
 
-def _forecast_future(times: pd.Index, horizon: int) -> pd.Index:
-    """``horizon`` time stamps after the last of ``times``: at the inferred frequency for dates
-    (else the median step), at the median step for numbers."""
+def _forecast_future(times: pd.Index, horizon: int, where: str) -> pd.Index:
+    """``horizon`` time stamps after the last of ``times``, continuing their regular grid (see
+    ``time_grid``: pandas' own frequency for dates of any resolution and time zone, the smallest
+    step for numbers); a PeriodIndex continues with its own frequency."""
     ordered = times.sort_values()
     if isinstance(ordered, pd.PeriodIndex):
         return pd.period_range(ordered[-1] + 1, periods=horizon, freq=ordered.freq)
-    if isinstance(ordered, pd.DatetimeIndex):
-        with warnings.catch_warnings():  # pandas 3 announces offsets instead of strings; both work here
-            warnings.simplefilter("ignore")
-            freq = pd.infer_freq(ordered) if len(ordered) >= 3 else None
-        if freq is not None:
-            return pd.date_range(ordered[-1], periods=horizon + 1, freq=freq)[1:]
-        steps = np.diff(ordered.asi8)
-        step = pd.Timedelta(int(np.median(steps)) if len(steps) else pd.Timedelta("1D").value)
-        return pd.DatetimeIndex([ordered[-1] + step * i for i in range(1, horizon + 1)], tz=ordered.tz)
-    if pd.api.types.is_numeric_dtype(ordered.dtype) and not pd.api.types.is_bool_dtype(ordered.dtype):
-        values = ordered.to_numpy(dtype=float)
-        step = float(np.median(np.diff(values))) if len(values) >= 2 else 1.0
-        future = values[-1] + step * np.arange(1, horizon + 1)
-        if pd.api.types.is_integer_dtype(ordered.dtype) and step == int(step):
-            return pd.Index(future.astype(np.int64))
-        return pd.Index(future)
-    raise ValueError(
-        f"cannot extend time stamps of type {ordered.dtype} into the future; use a DatetimeIndex, "
-        "a PeriodIndex, a numeric index or a time_column of dates or numbers"
-    )
+    return time_grid(ordered, where).future(horizon, where)
 
 
 def _empty_rows(frame: pd.DataFrame, index: pd.Index) -> pd.DataFrame:
@@ -220,14 +203,15 @@ def extend_frame(frame: pd.DataFrame, horizon: int, time_column: str | None, ser
     groups = [(None, frame)] if series_column is None else list(frame.groupby(series_column, sort=False))
     parts, next_row = [frame], frame.index.stop if isinstance(frame.index, pd.RangeIndex) else None
     for series_id, part in groups:
+        where = "the frame" if series_column is None else f"series {series_id!r}"
         if next_row is not None:
             index = pd.RangeIndex(next_row, next_row + horizon)
             next_row += horizon
         else:
-            index = _forecast_future(part.index, horizon)
+            index = _forecast_future(part.index, horizon, where)
         rows = _empty_rows(part, index)
         if time_column is not None:
-            rows[time_column] = _forecast_future(pd.Index(part[time_column]), horizon).to_numpy()
+            rows[time_column] = _forecast_future(pd.Index(part[time_column]), horizon, where)
         if series_column is not None:
             rows[series_column] = series_id
         parts.append(rows)
@@ -414,7 +398,8 @@ class Imputer:
         for name, p in prepared.items():
             model_order = np.full((n_samples, len(p.frame), len(self.columns)), np.nan)
             for series_samples, rows in zip(stitched[offset : offset + len(p.series)], p.rows, strict=True):
-                model_order[:, rows] = series_samples
+                given = rows >= 0
+                model_order[:, rows[given]] = series_samples[:, given]
             offset += len(p.series)
             order = [self.columns.index(str(c)) for c in p.variables]
             samples = model_order[:, :, order]
@@ -503,7 +488,7 @@ class Imputer:
                 "convert them with pd.to_numeric first"
             )
         series = [Series(s.name, s.index, s.positions, s.values[:, :-1]) for s in data.series]
-        rows = [s.values[:, -1].astype(np.int64) for s in data.series]
+        rows = [np.nan_to_num(s.values[:, -1], nan=-1).astype(np.int64) for s in data.series]
         return Prepared(frame, variables, series, rows)
 
     def sample_windows(
