@@ -288,15 +288,22 @@ def test_series_shorter_than_a_window(imputer):
         (lambda f: f.assign(x1="high"), "not numeric"),
         (lambda f: f.assign(x1=f["x1"].astype(str)), "not numeric|stored as text"),
         (lambda f: f.assign(x1=True), "boolean"),
-        (lambda f: f.assign(x1=np.inf), "infinite"),
+        (lambda f: f.assign(x1=np.inf), "column 'x1' holds inf at row Timestamp.'2021-03-01 00:00:00'.*infinite"),
+        (lambda f: f.assign(x0=1e300), "column 'x0' holds 1e.300 at row .*too large"),
+        (lambda f: f.assign(x1=-1e39), "column 'x1' holds -1e.39"),
         (lambda f: f.iloc[[0, 1, 1, 2]], "duplicate time stamps"),
         (lambda f: f.iloc[:0], "empty"),
-        (lambda f: f.assign(x0=1e60), "too far"),
     ],
 )
 def test_bad_input_is_a_clear_error(imputer, change, message):
     with pytest.raises(ValueError, match=message):
         imputer.impute(change(gappy(10)), **FAST)
+
+
+def test_values_that_overflow_after_normalisation_name_their_column(imputer, monkeypatch):
+    monkeypatch.setattr(imputer.domain.normalizer, "std", np.array([1.0, 1e-6]))
+    with pytest.raises(ValueError, match="column 'x1' holds values too far from the training data"):
+        imputer.impute(gappy(10).assign(x1=1e36), **FAST)
 
 
 def test_numbers_as_text_are_rejected(imputer):
@@ -359,8 +366,59 @@ def test_forecast_other_time_layouts():
     assert extended.groupby("site")["t"].max().to_dict() == {"a": 6.0, "b": 7.0}
     periods = pd.DataFrame({"x0": [1.0, 2.0]}, index=pd.period_range("2020Q1", periods=2, freq="Q"))
     assert str(extend_frame(periods, 1, None, None).index[-1]) == "2020Q3"
-    with pytest.raises(ValueError, match="cannot extend"):
+    with pytest.raises(ValueError, match="cannot use time stamps of type str"):
         extend_frame(numeric.set_index(pd.Index(["a", "b", "c"])), 1, None, None)
+
+
+def daily_with_a_missing_day(n: int = 20) -> pd.DataFrame:
+    """Daily rows from 2020-03-01 with 2020-03-10 absent, values near the training data's."""
+    days = pd.date_range("2020-03-01", periods=n, freq="D").delete(9)
+    rng = np.random.default_rng(3)
+    return pd.DataFrame({"date": days, "x0": rng.normal(size=n - 1), "x1": 10 + rng.normal(size=n - 1)})
+
+
+def test_forecast_of_the_issue_read_csv_daily_series_missing_a_day(imputer, tmp_path):
+    """pandas 3's read_csv parses dates as datetime64[us]; with one day missing the future stamps
+    must still be the next days (they were 86.4 s apart when microseconds were read as nanoseconds)."""
+    daily_with_a_missing_day().to_csv(tmp_path / "daily.csv", index=False)
+    frame = pd.read_csv(tmp_path / "daily.csv", parse_dates=["date"])
+    assert str(frame["date"].dtype) == "datetime64[us]"
+    with pytest.warns(UserWarning, match="1 time stamps are missing from its regular grid"):
+        result = imputer.forecast(frame, horizon=3, time_column="date", **FAST)
+    future = result.filled["date"].iloc[-3:]
+    assert list(future) == list(pd.date_range("2020-03-21", periods=3, freq="D"))
+    assert len(result.filled) == 22 and result.filled[["x0", "x1"]].notna().all().all()
+
+
+@pytest.mark.parametrize("unit", ["ns", "us", "ms", "s"])
+@pytest.mark.parametrize("tz", [None, "America/New_York"])
+def test_forecast_time_stamps_at_every_resolution_and_time_zone(imputer, unit, tz):
+    frame = daily_with_a_missing_day().set_index("date")
+    frame.index = frame.index.as_unit(unit).tz_localize(tz)  # spans the 2020-03-08 daylight-saving change
+    with pytest.warns(UserWarning, match="missing from its regular grid"):
+        result = imputer.forecast(frame, horizon=3, **FAST)
+    expected = pd.date_range("2020-03-21", periods=3, freq="D", unit=unit, tz=tz)
+    assert result.filled.index[-3:].equals(expected) and result.filled.index.dtype == expected.dtype
+    assert result.filled.index[:19].equals(frame.index) and result.filled.notna().all().all()
+
+
+def test_forecast_with_a_period_index_and_numeric_time_stamps(imputer):
+    quarters = pd.period_range("2019Q1", periods=10, freq="Q").delete(4)
+    values = daily_with_a_missing_day(10)[["x0", "x1"]]
+    with pytest.warns(UserWarning, match="1 time stamps are missing"):
+        result = imputer.forecast(values.set_index(quarters), horizon=2, **FAST)
+    assert [str(p) for p in result.filled.index[-3:]] == ["2021Q2", "2021Q3", "2021Q4"]
+    hours = values.assign(hour=[0, 3, 6, 9, 12, 18, 21, 24, 27])
+    with pytest.warns(UserWarning, match="1 time stamps are missing"):
+        result = imputer.forecast(hours, horizon=2, time_column="hour", **FAST)
+    assert result.filled["hour"].tolist()[-3:] == [27, 30, 33] and result.filled["hour"].dtype == np.int64
+
+
+def test_forecast_of_irregular_stamps_is_an_error(imputer):
+    frame = daily_with_a_missing_day(10)
+    frame.loc[4, "date"] += pd.Timedelta("5h")
+    with pytest.raises(ValueError, match="not on one regular grid.*resample"):
+        imputer.forecast(frame, horizon=2, time_column="date", **FAST)
 
 
 def test_forecast_horizon_must_be_shorter_than_the_window(imputer):

@@ -215,7 +215,11 @@ def test_time_grid_steps_for_calendar_and_numeric_stamps(stamps, step, missing, 
     [
         (pd.DatetimeIndex(["2021-01-01", "2021-01-02", "2021-01-03 05:00", "2021-01-05"]), "share no common step"),
         (pd.Index([0.0, 1.0, 2.5, 4.0]), "not whole multiples of the smallest step 1"),
-        (pd.DatetimeIndex(["2021-01-01", "2021-01-02", "2021-03-01"]), "only 3 of the 60 steps"),
+        (pd.DatetimeIndex(["2021-01-01", "2021-01-02", "2021-03-01"]), "only 3 of the 60 steps of 24h"),
+        (
+            pd.DatetimeIndex(["2021-01-01 00:00:00", "2021-01-01 00:00:01", "2021-01-02"]),
+            "only 3 of the 86401 steps of s",
+        ),
     ],
 )
 def test_irregular_stamps_are_an_error_that_says_how_to_resample(stamps, detail):

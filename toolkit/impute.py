@@ -516,9 +516,10 @@ class Imputer:
         method, steps = self._sampler_settings(sampler, steps)
         x, mask = to_model_space(values, self.domain.normalizer)
         if not torch.isfinite(x).all():
+            column = self.columns[int(torch.nonzero(~torch.isfinite(x))[0, 1])]
             raise ValueError(
-                "some values are too far from the training data to represent (they overflow after "
-                "normalisation); check their units against the data the model was trained on"
+                f"column {column!r} holds values too far from the training data to represent (they overflow "
+                "after normalisation); check their units against the data the model was trained on"
             )
         n_windows = len(values)
         if time_pos is None:

@@ -63,6 +63,7 @@ MACRODATA_COLUMNS = (
 )
 FILE_SUFFIXES = (".csv", ".parquet", ".pq")
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+MAX_GRID_RATIO = 10  # a time grid may be at most this many times longer than the stamps given on it
 
 
 # ----------------------------------------------------------------------------- reading
@@ -256,7 +257,7 @@ def _datetime_grid(index: pd.DatetimeIndex, where: str) -> TimeGrid:
             if ((index - index[0]) % pd.Timedelta(step)).any():
                 continue
             size = (index[-1] - index[0]) // pd.Timedelta(step) + 1
-            if size > 2 * len(index):
+            if size > MAX_GRID_RATIO * len(index):
                 sparse = sparse or (size, step)
                 continue
         grid = pd.date_range(index[0], index[-1], freq=step, unit=index.unit)
@@ -273,7 +274,7 @@ def _datetime_grid(index: pd.DatetimeIndex, where: str) -> TimeGrid:
 
 
 def _check_density(given: int, size: int, step, where: str) -> None:
-    if size > 2 * given:
+    if size > MAX_GRID_RATIO * given:
         detail = f"only {given} of the {size} steps of {step} from the first to the last stamp have a row"
         raise _irregular(where, detail)
 
@@ -298,8 +299,9 @@ def _numeric_grid(index: pd.Index, where: str) -> TimeGrid:
 
 def time_grid(index: pd.Index, where: str = "the series") -> TimeGrid:
     """The regular grid of sorted, distinct time stamps (dates of any resolution or time zone, or
-    numbers). Missing grid stamps are allowed while they are at most half of the grid; stamps that
-    are not whole steps of one frequency are a ValueError that says how to resample."""
+    numbers). Grid stamps may be missing while the grid is at most ``MAX_GRID_RATIO`` times longer
+    than the stamps given; stamps that are not whole steps of one frequency are a ValueError that
+    says how to resample."""
     if isinstance(index, pd.PeriodIndex):
         index = index.to_timestamp()
     if len(index) < 2:
