@@ -4,20 +4,23 @@ patterns, stitching, seeds, several series, forecasting, bad input, checkpoints,
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import save_untrained_checkpoint
 from hydra import compose, initialize_config_dir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from toolkit.domains.timeseries import synthetic_frames
-from toolkit.impute import Imputer, extend_frame, main, quantile_suffix
+from toolkit.impute import Imputer, build_parser, extend_frame, main, quantile_suffix
 from toolkit.module import load_module
 from toolkit.train import CONF_DIR, train
 
@@ -507,27 +510,87 @@ def test_cli_writes_filled_values_and_quantile_columns(imputer, tmp_path):
     assert len(pd.read_csv(tmp_path / "future.csv")) == 33
 
 
-def test_cli_errors_name_the_problem(imputer, tmp_path, capsys):
-    model = imputer.save(tmp_path / "model.ckpt")
-    gappy(10).assign(extra=1.0, other=2.0).to_csv(tmp_path / "bad.csv")
+@pytest.fixture(scope="module")
+def cli_files(imputer, tmp_path_factory) -> Path:
+    """A model, good input and each kind of bad model file and input, in one folder."""
+    folder = tmp_path_factory.mktemp("cli")
+    imputer.save(folder / "model.ckpt")
+    save_untrained_checkpoint(folder / "image.ckpt", ["domain=image", "domain.net.base_channels=8"])
+    (folder / "empty.ckpt").write_bytes(b"")
+    (folder / "text.ckpt").write_text("not a checkpoint\n")
+    (folder / "empty.csv").write_bytes(b"")
+    (folder / "semicolons.csv").write_text("time;x0;x1\n2021-03-01 00:00;1,5;10,2\n2021-03-01 01:00;;10,4\n")
+    good = gappy(30).reset_index()
+    good.to_csv(folder / "in.csv", index=False)
+    good.assign(x0=good["x0"].where(good.index != 4, 1e300)).to_csv(folder / "huge.csv", index=False)
+    good.assign(extra=1.0, other=2.0).to_csv(folder / "columns.csv", index=False)
+    good.assign(time=good["time"].where(good.index != 5, good["time"][5] + pd.Timedelta("17min"))).to_csv(
+        folder / "irregular.csv", index=False
+    )
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ("in.csv --model missing.ckpt", "checkpoint .*missing.ckpt does not exist"),
+        ("in.csv --model empty.ckpt", "model .*empty.ckpt is not a checkpoint the toolkit can read .the file is empty"),
+        ("in.csv --model text.ckpt", "model .*text.ckpt is not a checkpoint the toolkit can read"),
+        ("in.csv --model .", "is a folder; pass a checkpoint file"),
+        ("in.csv --model image.ckpt", "image.ckpt: the Imputer needs a time-series model"),
+        ("missing.csv --model model.ckpt", "time-series file .*missing.csv does not exist"),
+        ("empty.csv --model model.ckpt", "cannot read .*empty.csv as CSV"),
+        ("semicolons.csv --model model.ckpt", r"semicolons.csv looks ';'-separated.*sep=';', decimal=','"),
+        ("huge.csv --model model.ckpt", r"huge.csv: .*column 'x0' holds 1e\+300 at row 4"),
+        ("columns.csv --model model.ckpt", "columns.csv: .*differ from the model's"),
+        ("irregular.csv --model model.ckpt", "irregular.csv: .*not on one regular grid.*resample"),
+        ("in.csv --model model.ckpt --horizon 99", "horizon must be an int in"),
+        ("in.csv --model model.ckpt --n-samples 0", "argument --n-samples: expected an integer >= 1, got '0'"),
+        ("in.csv --model model.ckpt --steps two", "argument --steps: expected an integer >= 1"),
+        ("in.csv --model model.ckpt --quantiles x", "argument --quantiles: expected comma-separated numbers"),
+        ("in.csv --model model.ckpt --sampler magic", "unknown sampler 'magic'"),
+        ("in.csv --model model.ckpt --out out.txt", "--out must end in .csv or .parquet"),
+        ("in.csv --model model.ckpt --out in.csv", "--out .*in.csv is the input file"),
+        ("in.csv --model model.ckpt --colour red", "unrecognized arguments: --colour red"),
+    ],
+)
+def test_cli_errors_are_one_line_exit_2_and_write_nothing(cli_files, capsys, monkeypatch, arguments, message):
+    monkeypatch.chdir(cli_files)
+    before = sorted(p.name for p in cli_files.iterdir())
+    argv = arguments.split()
+    if "--out" not in argv:
+        argv += ["--out", "out.csv"]
     with pytest.raises(SystemExit) as exit_info:
-        main([str(tmp_path / "bad.csv"), "--model", str(model), "--out", str(tmp_path / "o.csv")])
-    assert exit_info.value.code == 2 and "differ from the model's" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(
-            [
-                str(tmp_path / "bad.csv"),
-                "--model",
-                str(model),
-                "--out",
-                str(tmp_path / "o.csv"),
-                "--quantiles",
-                "x",
-            ]
-        )
+        main([*argv, "--n-samples", "2", "--steps", "1"] if "--n-samples" not in argv else argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert re.search(message, err), err
+    assert sorted(p.name for p in cli_files.iterdir()) == before, "nothing is written"
+
+
+def test_cli_forecast_of_a_daily_csv_missing_a_day_warns_and_continues_the_days(cli_files, tmp_path, capsys):
+    daily_with_a_missing_day().to_csv(tmp_path / "daily.csv", index=False)
+    main(
+        [str(tmp_path / "daily.csv"), "--model", str(cli_files / "model.ckpt"), "--out", str(tmp_path / "f.csv")]
+        + ["--horizon", "3", "--n-samples", "3", "--steps", "2"]
+    )
+    err = capsys.readouterr().err
+    assert err.startswith("warning: series") and "1 time stamps are missing from its regular grid" in err
+    out = pd.read_csv(tmp_path / "f.csv")
+    assert out["date"].tolist()[-4:] == ["2020-03-20", "2020-03-21", "2020-03-22", "2020-03-23"]
+    assert len(out) == 22 and out[["x0", "x1"]].notna().all().all()
+
+
+def test_cli_help_explains_every_option(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main([str(tmp_path / "nope.csv"), "--model", str(model), "--out", str(tmp_path / "o.csv")])
-    assert "does not exist" in capsys.readouterr().err
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for action in build_parser()._actions:
+        assert action.help, f"{action.dest} has no help"
+        for flag in action.option_strings:
+            assert flag in text
 
 
 def test_quantile_suffixes():

@@ -36,8 +36,10 @@ import argparse
 import contextlib
 import functools
 import os
+import pickle
 import sys
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -267,8 +269,23 @@ class Imputer:
     @classmethod
     def load(cls, path: str | Path, map_location: str = "cpu") -> Imputer:
         """An imputer from a checkpoint: ``last.ckpt`` of ``python -m toolkit.train domain=timeseries``
-        or a file written by ``save``."""
-        return cls(load_module(path, map_location=map_location))
+        or a file written by ``save``. A missing file is a FileNotFoundError; a folder, a file that is
+        not a readable checkpoint, or another domain's model a ValueError naming the file."""
+        path = Path(path)
+        if path.is_dir():
+            raise ValueError(f"model {path} is a folder; pass a checkpoint file such as {path}/checkpoints/last.ckpt")
+        try:
+            return cls(load_module(path, map_location=map_location))
+        except FileNotFoundError:
+            raise
+        except ValueError as error:
+            raise ValueError(str(error) if str(path) in str(error) else f"model {path}: {error}") from error
+        except (EOFError, KeyError, TypeError, AttributeError, RuntimeError, pickle.UnpicklingError, OSError) as error:
+            detail = "the file is empty" if isinstance(error, EOFError) else f"{type(error).__name__}: {error}"
+            raise ValueError(
+                f"model {path} is not a checkpoint the toolkit can read ({detail.splitlines()[0][:200]}); pass "
+                "last.ckpt of a `python -m toolkit.train domain=timeseries` run or a file written by Imputer.save"
+            ) from error
 
     @classmethod
     def fit(
@@ -664,23 +681,95 @@ def parse_quantiles(text: str) -> tuple[float, ...]:
         ) from None
 
 
+def int_at_least(low: int):
+    """An argparse type: an integer >= ``low``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
+        return value
+
+    return parse
+
+
+def sampler_name(text: str) -> str:
+    if text not in samplers.SAMPLERS:
+        raise argparse.ArgumentTypeError(f"unknown sampler {text!r}; choose one of {sorted(samplers.SAMPLERS)}")
+    return text
+
+
+class CliParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, ``error: ...``, with exit code 2 (no usage dump)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+@contextlib.contextmanager
+def user_errors(parser: argparse.ArgumentParser, *, prefix: str = ""):
+    """Turn the errors a user can fix (bad files, values, options) into one ``error:`` line and exit
+    code 2 instead of a traceback; the toolkit's and pandas' warnings become ``warning:`` lines."""
+    failure = None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        try:
+            yield
+        except (ValueError, TypeError, OSError) as error:
+            failure = f"error: {prefix}{str(error) or type(error).__name__}\n"
+    for warning in caught:
+        if warning.category is UserWarning:  # not library notes such as Lightning's PossibleUserWarning
+            print(f"warning: {warning.message}", file=sys.stderr)
+    if failure is not None:
+        parser.exit(2, failure)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog="python -m toolkit.impute",
-        description="Fill the gaps (empty cells) of a CSV/Parquet time series with a trained model.",
+        description="Fill the gaps (empty cells) of a CSV/Parquet time series with a trained model, and "
+        "optionally forecast future steps. Writes the filled table; observed values are kept as they are.",
+        epilog="Input: comma-separated CSV (decimal point) or Parquet; one row per time stamp, one column per "
+        "variable, empty cells are gaps. Time stamps must be one regular step apart (stamps missing from the "
+        "grid are imputed with a warning). Errors exit with code 2 and one line saying what to fix.",
     )
-    parser.add_argument("input", help="CSV or Parquet file with gaps")
-    parser.add_argument("--model", required=True, help="checkpoint: last.ckpt of a timeseries run, or Imputer.save")
-    parser.add_argument("--out", required=True, help="output .csv or .parquet file")
-    parser.add_argument("--quantiles", type=parse_quantiles, default=(), help="also write <col>_q05 etc.")
-    parser.add_argument("--n-samples", type=int, default=50)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's config)")
-    parser.add_argument("--sampler", default=None, help=f"one of {sorted(samplers.SAMPLERS)}")
-    parser.add_argument("--stride", type=int, default=None, help="window stride (default: half a window)")
-    parser.add_argument("--time-column", default=None, help="default: the model's, or the one non-variable column")
-    parser.add_argument("--series-column", default=None, help="default: the model's, when the file has it")
-    parser.add_argument("--horizon", type=int, default=0, help="also forecast this many future steps")
+    parser.add_argument("input", help="CSV or Parquet file with gaps (empty cells)")
+    parser.add_argument(
+        "--model", required=True, help="checkpoint: last.ckpt of a domain=timeseries run, or a file from Imputer.save"
+    )
+    parser.add_argument("--out", required=True, help="output file, .csv or .parquet (written only when all went well)")
+    parser.add_argument(
+        "--quantiles",
+        type=parse_quantiles,
+        default=(),
+        help="comma-separated quantiles in [0, 1], e.g. 0.05,0.95: also write <col>_q05, <col>_q95 columns",
+    )
+    parser.add_argument("--n-samples", type=int_at_least(1), default=50, help="samples drawn per gap (default 50)")
+    parser.add_argument("--seed", type=int_at_least(0), default=0, help="random seed; same seed, same output")
+    parser.add_argument(
+        "--steps", type=int_at_least(1), default=None, help="sampler steps (default: the model's config)"
+    )
+    parser.add_argument(
+        "--sampler", type=sampler_name, default=None, help=f"one of {sorted(samplers.SAMPLERS)} (default: the model's)"
+    )
+    parser.add_argument(
+        "--stride", type=int_at_least(1), default=None, help="steps between window starts (default: half a window)"
+    )
+    parser.add_argument(
+        "--time-column", default=None, help="column of time stamps (default: the model's, or the one non-variable one)"
+    )
+    parser.add_argument(
+        "--series-column", default=None, help="column of series ids (default: the model's, when the file has it)"
+    )
+    parser.add_argument(
+        "--horizon",
+        type=int_at_least(0),
+        default=0,
+        help="also forecast this many future steps, continuing the time stamps (fewer than the model's window)",
+    )
     return parser
 
 
@@ -688,11 +777,14 @@ def write_frame(frame: pd.DataFrame, path: Path) -> None:
     """CSV (floats written with round-trip precision) or Parquet, by suffix, atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
-    if path.suffix.lower() in (".parquet", ".pq"):
-        frame.to_parquet(partial, index=False)
-    else:
-        frame.to_csv(partial, index=False)
-    os.replace(partial, path)
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            frame.to_parquet(partial, index=False)
+        else:
+            frame.to_csv(partial, index=False)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -701,9 +793,14 @@ def main(argv: list[str] | None = None) -> Path:
     out = Path(args.out)
     if out.suffix.lower() not in (".csv", ".parquet", ".pq"):
         parser.error(f"--out must end in .csv or .parquet, got {out.name}")
-    try:
-        imputer = Imputer.load(args.model)
+    if out.is_dir():
+        parser.error(f"--out {out} is a folder; give a file name ending in .csv or .parquet")
+    if out.resolve() == Path(args.input).resolve():
+        parser.error(f"--out {out} is the input file; write the result to another file")
+    with user_errors(parser):
         frame = read_frame(args.input)
+        imputer = Imputer.load(args.model)
+    with user_errors(parser, prefix=f"{args.input}: "):
         time_column = guess_time_column(frame, imputer, args.time_column, args.series_column)
         options = dict(
             n_samples=args.n_samples,
@@ -716,10 +813,9 @@ def main(argv: list[str] | None = None) -> Path:
             series_column=args.series_column,
         )
         run = functools.partial(imputer.forecast, horizon=args.horizon) if args.horizon else imputer.impute
-        result = run(frame, **options)
-        write_frame(result.with_quantile_columns(), out)
-    except (ValueError, TypeError, FileNotFoundError) as error:
-        parser.exit(2, f"error: {error}\n")
+        table = run(frame, **options).with_quantile_columns()
+    with user_errors(parser, prefix=f"cannot write --out {out}: "):
+        write_frame(table, out)
     print(f"wrote {out}")
     return out
 
