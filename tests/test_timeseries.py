@@ -254,6 +254,13 @@ def test_read_numeric_time_column_and_numbers_stored_as_text():
     assert np.isnan(s.values[2, 0])
 
 
+def test_text_dates_with_and_without_a_time_of_day_are_read():
+    """pandas infers one format from the first stamp; ISO 8601 stamps of mixed forms still parse."""
+    df = pd.DataFrame({"date": ["2021-01-01", "2021-01-01 12:00", "2021-01-02"], "a": [1.0, 2.0, 3.0]})
+    (s,) = read_series(df, time_column="date").series
+    assert s.index.equals(pd.date_range("2021-01-01", periods=3, freq="12h", name="date"))
+
+
 def test_unsorted_time_stamps_are_sorted_with_their_rows():
     df = frame(5)
     shuffled = df.iloc[[3, 0, 4, 1, 2]]

@@ -56,6 +56,7 @@ from toolkit.domains.timeseries import (
     SeriesSet,
     TimeSeriesDomain,
     make_windows,
+    parse_times,
     read_frame,
     read_series,
     time_grid,
@@ -201,7 +202,7 @@ def extend_frame(frame: pd.DataFrame, horizon: int, time_column: str | None, ser
         if time_column not in frame.columns:
             raise ValueError(f"time column {time_column!r} not found; columns are {list(frame.columns)}")
         if not pd.api.types.is_numeric_dtype(frame[time_column].dtype):
-            frame = frame.assign(**{time_column: pd.to_datetime(frame[time_column])})
+            frame = frame.assign(**{time_column: parse_times(frame[time_column])})
     groups = [(None, frame)] if series_column is None else list(frame.groupby(series_column, sort=False))
     parts, next_row = [frame], frame.index.stop if isinstance(frame.index, pd.RangeIndex) else None
     for series_id, part in groups:

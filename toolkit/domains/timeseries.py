@@ -163,6 +163,15 @@ def _frames_from(data) -> dict[str, pd.DataFrame]:
     return frames
 
 
+def parse_times(values: pd.Series) -> pd.Series:
+    """Text time stamps as datetimes: pandas' inferred format, else ISO 8601 in any of its forms
+    (pandas infers one format from the first stamp, so '2021-01-02' then '2021-01-02 07:00' fails)."""
+    try:
+        return pd.to_datetime(values)
+    except ValueError:
+        return pd.to_datetime(values, format="ISO8601")
+
+
 def _time_index(frame: pd.DataFrame, time_column: str | None, where: str) -> tuple[pd.DataFrame, pd.Index]:
     """The frame without its time column, and the time stamps of its rows."""
     if time_column is not None:
@@ -178,11 +187,12 @@ def _time_index(frame: pd.DataFrame, time_column: str | None, where: str) -> tup
             index = pd.Index(raw.to_numpy(dtype=float), name=time_column)
         else:
             try:
-                index = pd.DatetimeIndex(pd.to_datetime(raw), name=time_column)
+                index = pd.DatetimeIndex(parse_times(raw), name=time_column)
             except (ValueError, TypeError) as err:
                 raise ValueError(
                     f"{where}: time column {time_column!r} holds values that are neither numbers nor dates "
-                    f"({err}); fix them or choose another time_column"
+                    f"({str(err).splitlines()[0]}); write them as ISO 8601 dates such as 2021-01-31 or "
+                    "2021-01-31 14:00, or choose another time_column"
                 ) from None
         if index.isna().any():
             row = int(np.flatnonzero(index.isna())[0])
