@@ -10,9 +10,16 @@
 Decisions, relied on by the CLI, the HTTP service (toolkit/serve.py) and the tests:
 
 - Reading and validation are the time-series domain's (``read_series``): time from ``time_column``,
-  else a DatetimeIndex/PeriodIndex, else row order; duplicate time stamps, non-numeric or infinite
-  values and empty frames are errors; unsorted time stamps are sorted for the model and the result
-  comes back in the input's row order. A series shorter than the window is padded with missing steps.
+  else a DatetimeIndex/PeriodIndex, else row order; duplicate time stamps, non-numeric, infinite or
+  huge values and empty frames are errors; unsorted time stamps are sorted for the model and the
+  result comes back in the input's row order. A series shorter than the window is padded with
+  missing steps. Time stamps missing from a series' regular grid are imputed as gaps (with a
+  warning) and left out of the result; irregular time stamps are an error (``time_grid``).
+- Forecasts append ``horizon`` steps that continue each series' grid (``TimeGrid.future``: pandas'
+  frequency for dates of any unit and time zone, the next periods of a PeriodIndex, the smallest
+  step of numbers).
+- The CLI turns user errors (bad model file, input or option) into one ``error:`` line with exit
+  code 2 and writes its output only when all went well; warnings become ``warning:`` lines.
 - The variable columns (all but the time and series-id columns) must be the model's: missing or
   extra columns are errors naming them. Boolean columns and numbers stored as text are errors.
   A column with no observed value is allowed: the model fills it from the other variables.

@@ -3,18 +3,24 @@
 Model space: a window of ``L`` steps of ``K`` variables is ``x`` ``[K, L]``, each variable
 normalised by the mean and standard deviation of its observed training values, missing values set
 to 0, with ``mask`` ``[K, L]`` (1 = observed). ``time_pos`` ``[L]`` gives each step's position in
-units of the series' typical step, 0 at the window start.
+steps of the series' time grid, 0 at the window start.
 
 Input handling (``read_series``), decided once here and relied on by the Imputer:
 
 - Sources: a CSV or Parquet file, a folder of them (one series per file), a DataFrame, a list or a
   dict of DataFrames (one series each), optionally split further by a series-id column.
-- Time: ``time_column`` (datetime-like or numeric), else a DatetimeIndex/PeriodIndex, else the
-  row order. Missing or unparseable time stamps and duplicate time stamps within a series are
-  errors. Unsorted time stamps are sorted (each row keeps its time stamp, so nothing is lost).
+- Time: ``time_column`` (datetime-like, ISO 8601 text, or numeric), else a DatetimeIndex/PeriodIndex,
+  else the row order. Missing or unparseable time stamps and duplicate time stamps within a series
+  are errors. Unsorted time stamps are sorted (each row keeps its time stamp, so nothing is lost).
+- Time grid (``time_grid``): the model works in whole steps of one frequency. Stamps missing from a
+  series' regular grid are inserted as all-missing steps, with a warning naming how many; stamps
+  that are not whole steps of one frequency (or a grid over ``MAX_GRID_RATIO`` times longer than
+  the stamps) are errors that say how to resample. Dates of any unit or time zone use pandas' date
+  arithmetic and frequencies; ``positions`` are the grid steps 0, 1, 2...
 - Variables: ``columns``, else every column but the time and series-id columns. Non-numeric
-  columns, infinite values and an empty frame (no rows or no variables) are errors; NaN marks a
-  missing value. A variable with no observed value anywhere is an error (nothing to learn from)
+  columns, infinite values or values beyond float32's range (named by column and row) and an empty
+  frame (no rows or no variables) are errors; NaN marks a missing value. A CSV file read as a
+  single column whose name holds ';', a tab or '|' is an error naming that separator. A variable with no observed value anywhere is an error (nothing to learn from)
   unless ``allow_all_missing`` (the Imputer's inputs: the trained model fills it in).
 - Constant variables (or a single observed value) get scale 1: they normalise to 0, never inf.
 - A series shorter than the window is padded at the end with missing steps (mask 0), so it still
@@ -71,8 +77,8 @@ MAX_GRID_RATIO = 10  # a time grid may be at most this many times longer than th
 
 @dataclass
 class Series:
-    """One multivariate series: ``values`` [T, K] (NaN = missing) at time stamps ``index``, and
-    ``positions`` [T], the time in units of the series' median step (0 at its first step)."""
+    """One multivariate series: ``values`` [T, K] (NaN = missing) at time stamps ``index`` (a regular
+    grid), and ``positions`` [T], the time in grid steps (0 at its first step)."""
 
     name: str
     index: pd.Index
