@@ -20,8 +20,9 @@ Input handling (``read_series``), decided once here and relied on by the Imputer
 - Variables: ``columns``, else every column but the time and series-id columns. Non-numeric
   columns, infinite values or values beyond float32's range (named by column and row) and an empty
   frame (no rows or no variables) are errors; NaN marks a missing value. A CSV file read as a
-  single column whose name holds ';', a tab or '|' is an error naming that separator. A variable with no observed value anywhere is an error (nothing to learn from)
-  unless ``allow_all_missing`` (the Imputer's inputs: the trained model fills it in).
+  single column whose name holds ';', a tab or '|' is an error naming that separator. A variable
+  with no observed value anywhere is an error (nothing to learn from) unless ``allow_all_missing``
+  (the Imputer's inputs: the trained model fills it in).
 - Constant variables (or a single observed value) get scale 1: they normalise to 0, never inf.
 - A series shorter than the window is padded at the end with missing steps (mask 0), so it still
   gives one window; padded steps are never conditioned on nor counted in the loss.
