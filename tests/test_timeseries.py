@@ -201,20 +201,35 @@ def test_time_grid_at_every_resolution_and_time_zone(unit, tz):
         (pd.date_range("2021-01-01", periods=6, freq="15min"), "15min", 0, ["2021-01-01 01:30", "2021-01-01 01:45"]),
         (pd.Index([0, 2, 4, 8]), 2, 1, [10, 12]),
         (pd.Index([0.0, 0.5, 1.0, 2.0]), 0.5, 1, [2.5, 3.0]),
+        (pd.Index([0.0, 0.2, 0.5, 0.7]), 0.1, 4, [0.8, 0.9]),
+        (
+            pd.DatetimeIndex(["2021-01-01 01:00", "2021-01-01 03:00", "2021-01-01 06:00"]),
+            "h",
+            3,
+            ["2021-01-01 07:00", "2021-01-01 08:00"],
+        ),
     ],
 )
 def test_time_grid_steps_for_calendar_and_numeric_stamps(stamps, step, missing, future):
     grid = time_grid(stamps)
-    assert (grid.step.freqstr if isinstance(step, str) else grid.step) == step and grid.missing == missing
-    expected = pd.Index(future) if not isinstance(future[0], str) else pd.DatetimeIndex(future)
-    assert grid.future(2).equals(expected) and grid.future(2).dtype == expected.dtype
+    assert (grid.step.freqstr if isinstance(step, str) else grid.step) == pytest.approx(
+        step
+    ) and grid.missing == missing
+    if isinstance(future[0], str):
+        assert grid.future(2).equals(pd.DatetimeIndex(future)) and grid.future(2).dtype == grid.stamps.dtype
+    else:
+        np.testing.assert_allclose(grid.future(2), future)
+        assert grid.future(2).dtype == stamps.dtype
 
 
 @pytest.mark.parametrize(
     ("stamps", "detail"),
     [
-        (pd.DatetimeIndex(["2021-01-01", "2021-01-02", "2021-01-03 05:00", "2021-01-05"]), "share no common step"),
-        (pd.Index([0.0, 1.0, 2.5, 4.0]), "not whole multiples of the smallest step 1"),
+        (
+            pd.DatetimeIndex(["2021-01-01", "2021-01-02", "2021-01-03 05:17", "2021-01-05"]),
+            "only 4 of the 5761 steps of min",
+        ),
+        (pd.Index([0.0, 1.0, 2.0 + np.pi, 6.0]), r"steps of \[1.0, 4.14.*share no common step with the smallest"),
         (pd.DatetimeIndex(["2021-01-01", "2021-01-02", "2021-03-01"]), "only 3 of the 60 steps of 24h"),
         (
             pd.DatetimeIndex(["2021-01-01 00:00:00", "2021-01-01 00:00:01", "2021-01-02"]),

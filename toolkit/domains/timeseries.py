@@ -261,15 +261,16 @@ def _infer_freq(index: pd.DatetimeIndex):
 def _datetime_grid(index: pd.DatetimeIndex, where: str) -> TimeGrid:
     """The frequency of the whole index, else the coarsest grid that holds every stamp among the
     frequencies pandas infers for consecutive triples (calendar steps such as months or business
-    days) and the smallest step."""
+    days) and the greatest common divisor of the steps (in the index's own unit)."""
     freq = _infer_freq(index)
     if freq is not None:
         return TimeGrid(freq, index, np.arange(len(index)))
     starts = np.unique(np.linspace(0, len(index) - 3, num=max(0, min(64, len(index) - 2))).astype(int))
     names = {f.freqstr for f in (_infer_freq(index[i : i + 3]) for i in starts) if f is not None}
     steps = index[1:] - index[:-1]
+    divisor = pd.Timedelta(int(np.gcd.reduce(steps.asi8)), unit=steps.unit)  # asi8 counts steps.unit
     best, sparse = None, None
-    for step in map(pd.tseries.frequencies.to_offset, [*sorted(names), steps.min()]):
+    for step in map(pd.tseries.frequencies.to_offset, [*sorted(names), divisor]):
         if isinstance(step, pd.offsets.Tick):  # a fixed step: check it without building a huge grid
             if ((index - index[0]) % pd.Timedelta(step)).any():
                 continue
@@ -281,13 +282,10 @@ def _datetime_grid(index: pd.DatetimeIndex, where: str) -> TimeGrid:
         slots = grid.get_indexer(index)
         if (slots >= 0).all() and (best is None or len(grid) < len(best.stamps)):
             best = TimeGrid(step, grid, slots)
-    if best is not None:
-        _check_density(len(index), len(best.stamps), _step_name(best.step), where)
-        return best
-    if sparse is not None:
-        _check_density(len(index), sparse[0], _step_name(sparse[1]), where)
-    common = steps.value_counts().index[:3]
-    raise _irregular(where, f"steps of {', '.join(map(str, common))}, ... share no common step")
+    # The steps' common divisor holds every stamp, so without a grid its grid was too long: an error.
+    size, step = (len(best.stamps), best.step) if best is not None else sparse
+    _check_density(len(index), size, _step_name(step), where)
+    return best
 
 
 def _check_density(given: int, size: int, step, where: str) -> None:
@@ -297,14 +295,18 @@ def _check_density(given: int, size: int, step, where: str) -> None:
 
 
 def _numeric_grid(index: pd.Index, where: str) -> TimeGrid:
-    """Numeric stamps: the smallest step, if every step is a whole multiple of it."""
+    """Numeric stamps: the largest step of which every step is a whole multiple, among the smallest
+    step divided by 1, 2, ... ``MAX_GRID_RATIO``."""
     values = index.to_numpy(dtype=float)
     steps = np.diff(values)
-    step = steps.min()
-    multiples = np.rint(steps / step)
-    if not np.allclose(steps, multiples * step, rtol=1e-6, atol=0):
-        odd = steps[~np.isclose(steps, multiples * step, rtol=1e-6, atol=0)][:3]
-        raise _irregular(where, f"steps of {odd.tolist()} are not whole multiples of the smallest step {step:g}")
+    for divisor in range(1, MAX_GRID_RATIO + 1):
+        step = steps.min() / divisor
+        multiples = np.rint(steps / step)
+        if np.allclose(steps, multiples * step, rtol=1e-6, atol=0):
+            break
+    else:
+        odd = steps[~np.isclose(steps, np.rint(steps / steps.min()) * steps.min(), rtol=1e-6, atol=0)][:3]
+        raise _irregular(where, f"steps of {odd.tolist()} share no common step with the smallest, {steps.min():g}")
     slots = np.concatenate([[0], np.cumsum(multiples)]).astype(np.int64)
     _check_density(len(index), int(slots[-1]) + 1, _step_name(step), where)
     stamps = values[0] + step * np.arange(slots[-1] + 1)
