@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from toolkit.domains.timeseries import synthetic_frames
-from toolkit.impute import Imputer, build_parser, extend_frame, main, quantile_suffix
+from toolkit.impute import Imputer, build_parser, extend_frame, main, quantile_suffix, write_frame
 from toolkit.module import load_module
 from toolkit.train import CONF_DIR, train
 
@@ -580,6 +580,15 @@ def test_cli_forecast_of_a_daily_csv_missing_a_day_warns_and_continues_the_days(
     out = pd.read_csv(tmp_path / "f.csv")
     assert out["date"].tolist()[-4:] == ["2020-03-20", "2020-03-21", "2020-03-22", "2020-03-23"]
     assert len(out) == 22 and out[["x0", "x1"]].notna().all().all()
+
+
+def test_a_failed_write_leaves_no_file_and_no_new_folder(tmp_path):
+    mixed = pd.DataFrame({"x": [1, "a"]})  # Parquet refuses a column of ints and text
+    with pytest.raises((ValueError, TypeError)):
+        write_frame(mixed, tmp_path / "new" / "deeper" / "out.parquet")
+    assert list(tmp_path.iterdir()) == []
+    write_frame(mixed, tmp_path / "new" / "out.csv")
+    assert [p.name for p in (tmp_path / "new").iterdir()] == ["out.csv"]
 
 
 def test_cli_help_explains_every_option(capsys):

@@ -782,7 +782,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def write_frame(frame: pd.DataFrame, path: Path) -> None:
-    """CSV (floats written with round-trip precision) or Parquet, by suffix, atomically."""
+    """CSV (floats written with round-trip precision) or Parquet, by suffix, atomically: on failure
+    neither the file nor the folders made for it are left behind."""
+    made = [folder for folder in path.parents if not folder.exists()]  # innermost first
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
     try:
@@ -791,8 +793,11 @@ def write_frame(frame: pd.DataFrame, path: Path) -> None:
         else:
             frame.to_csv(partial, index=False)
         os.replace(partial, path)
-    finally:
+    except BaseException:
         partial.unlink(missing_ok=True)
+        for folder in made:
+            folder.rmdir()
+        raise
 
 
 def main(argv: list[str] | None = None) -> Path:
