@@ -4,20 +4,23 @@ patterns, stitching, seeds, several series, forecasting, bad input, checkpoints,
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import save_untrained_checkpoint
 from hydra import compose, initialize_config_dir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from toolkit.domains.timeseries import synthetic_frames
-from toolkit.impute import Imputer, extend_frame, main, quantile_suffix
+from toolkit.impute import Imputer, build_parser, extend_frame, main, quantile_suffix, write_frame
 from toolkit.module import load_module
 from toolkit.train import CONF_DIR, train
 
@@ -288,15 +291,22 @@ def test_series_shorter_than_a_window(imputer):
         (lambda f: f.assign(x1="high"), "not numeric"),
         (lambda f: f.assign(x1=f["x1"].astype(str)), "not numeric|stored as text"),
         (lambda f: f.assign(x1=True), "boolean"),
-        (lambda f: f.assign(x1=np.inf), "infinite"),
+        (lambda f: f.assign(x1=np.inf), "column 'x1' holds inf at row Timestamp.'2021-03-01 00:00:00'.*infinite"),
+        (lambda f: f.assign(x0=1e300), "column 'x0' holds 1e.300 at row .*too large"),
+        (lambda f: f.assign(x1=-1e39), "column 'x1' holds -1e.39"),
         (lambda f: f.iloc[[0, 1, 1, 2]], "duplicate time stamps"),
         (lambda f: f.iloc[:0], "empty"),
-        (lambda f: f.assign(x0=1e60), "too far"),
     ],
 )
 def test_bad_input_is_a_clear_error(imputer, change, message):
     with pytest.raises(ValueError, match=message):
         imputer.impute(change(gappy(10)), **FAST)
+
+
+def test_values_that_overflow_after_normalisation_name_their_column(imputer, monkeypatch):
+    monkeypatch.setattr(imputer.domain.normalizer, "std", np.array([1.0, 1e-6]))
+    with pytest.raises(ValueError, match="column 'x1' holds values too far from the training data"):
+        imputer.impute(gappy(10).assign(x1=1e36), **FAST)
 
 
 def test_numbers_as_text_are_rejected(imputer):
@@ -359,8 +369,59 @@ def test_forecast_other_time_layouts():
     assert extended.groupby("site")["t"].max().to_dict() == {"a": 6.0, "b": 7.0}
     periods = pd.DataFrame({"x0": [1.0, 2.0]}, index=pd.period_range("2020Q1", periods=2, freq="Q"))
     assert str(extend_frame(periods, 1, None, None).index[-1]) == "2020Q3"
-    with pytest.raises(ValueError, match="cannot extend"):
+    with pytest.raises(ValueError, match="cannot use time stamps of type str"):
         extend_frame(numeric.set_index(pd.Index(["a", "b", "c"])), 1, None, None)
+
+
+def daily_with_a_missing_day(n: int = 20) -> pd.DataFrame:
+    """Daily rows from 2020-03-01 with 2020-03-10 absent, values near the training data's."""
+    days = pd.date_range("2020-03-01", periods=n, freq="D").delete(9)
+    rng = np.random.default_rng(3)
+    return pd.DataFrame({"date": days, "x0": rng.normal(size=n - 1), "x1": 10 + rng.normal(size=n - 1)})
+
+
+def test_forecast_of_the_issue_read_csv_daily_series_missing_a_day(imputer, tmp_path):
+    """pandas 3's read_csv parses dates as datetime64[us]; with one day missing the future stamps
+    must still be the next days (they were 86.4 s apart when microseconds were read as nanoseconds)."""
+    daily_with_a_missing_day().to_csv(tmp_path / "daily.csv", index=False)
+    frame = pd.read_csv(tmp_path / "daily.csv", parse_dates=["date"])
+    assert str(frame["date"].dtype) == "datetime64[us]"
+    with pytest.warns(UserWarning, match="1 time stamps are missing from its regular grid"):
+        result = imputer.forecast(frame, horizon=3, time_column="date", **FAST)
+    future = result.filled["date"].iloc[-3:]
+    assert list(future) == list(pd.date_range("2020-03-21", periods=3, freq="D"))
+    assert len(result.filled) == 22 and result.filled[["x0", "x1"]].notna().all().all()
+
+
+@pytest.mark.parametrize("unit", ["ns", "us", "ms", "s"])
+@pytest.mark.parametrize("tz", [None, "America/New_York"])
+def test_forecast_time_stamps_at_every_resolution_and_time_zone(imputer, unit, tz):
+    frame = daily_with_a_missing_day().set_index("date")
+    frame.index = frame.index.as_unit(unit).tz_localize(tz)  # spans the 2020-03-08 daylight-saving change
+    with pytest.warns(UserWarning, match="missing from its regular grid"):
+        result = imputer.forecast(frame, horizon=3, **FAST)
+    expected = pd.date_range("2020-03-21", periods=3, freq="D", unit=unit, tz=tz)
+    assert result.filled.index[-3:].equals(expected) and result.filled.index.dtype == expected.dtype
+    assert result.filled.index[:19].equals(frame.index) and result.filled.notna().all().all()
+
+
+def test_forecast_with_a_period_index_and_numeric_time_stamps(imputer):
+    quarters = pd.period_range("2019Q1", periods=10, freq="Q").delete(4)
+    values = daily_with_a_missing_day(10)[["x0", "x1"]]
+    with pytest.warns(UserWarning, match="1 time stamps are missing"):
+        result = imputer.forecast(values.set_index(quarters), horizon=2, **FAST)
+    assert [str(p) for p in result.filled.index[-3:]] == ["2021Q2", "2021Q3", "2021Q4"]
+    hours = values.assign(hour=[0, 3, 6, 9, 12, 18, 21, 24, 27])
+    with pytest.warns(UserWarning, match="1 time stamps are missing"):
+        result = imputer.forecast(hours, horizon=2, time_column="hour", **FAST)
+    assert result.filled["hour"].tolist()[-3:] == [27, 30, 33] and result.filled["hour"].dtype == np.int64
+
+
+def test_forecast_of_irregular_stamps_is_an_error(imputer):
+    frame = daily_with_a_missing_day(10)
+    frame.loc[4, "date"] += pd.Timedelta("5h")
+    with pytest.raises(ValueError, match="not on one regular grid.*resample"):
+        imputer.forecast(frame, horizon=2, time_column="date", **FAST)
 
 
 def test_forecast_horizon_must_be_shorter_than_the_window(imputer):
@@ -449,27 +510,96 @@ def test_cli_writes_filled_values_and_quantile_columns(imputer, tmp_path):
     assert len(pd.read_csv(tmp_path / "future.csv")) == 33
 
 
-def test_cli_errors_name_the_problem(imputer, tmp_path, capsys):
-    model = imputer.save(tmp_path / "model.ckpt")
-    gappy(10).assign(extra=1.0, other=2.0).to_csv(tmp_path / "bad.csv")
+@pytest.fixture(scope="module")
+def cli_files(imputer, tmp_path_factory) -> Path:
+    """A model, good input and each kind of bad model file and input, in one folder."""
+    folder = tmp_path_factory.mktemp("cli")
+    imputer.save(folder / "model.ckpt")
+    save_untrained_checkpoint(folder / "image.ckpt", ["domain=image", "domain.net.base_channels=8"])
+    (folder / "empty.ckpt").write_bytes(b"")
+    (folder / "text.ckpt").write_text("not a checkpoint\n")
+    (folder / "empty.csv").write_bytes(b"")
+    (folder / "semicolons.csv").write_text("time;x0;x1\n2021-03-01 00:00;1,5;10,2\n2021-03-01 01:00;;10,4\n")
+    good = gappy(30).reset_index()
+    good.to_csv(folder / "in.csv", index=False)
+    good.assign(x0=good["x0"].where(good.index != 4, 1e300)).to_csv(folder / "huge.csv", index=False)
+    good.assign(extra=1.0, other=2.0).to_csv(folder / "columns.csv", index=False)
+    good.assign(time=good["time"].where(good.index != 5, good["time"][5] + pd.Timedelta("17min"))).to_csv(
+        folder / "irregular.csv", index=False
+    )
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ("in.csv --model missing.ckpt", "checkpoint .*missing.ckpt does not exist"),
+        ("in.csv --model empty.ckpt", "model .*empty.ckpt is not a checkpoint the toolkit can read .the file is empty"),
+        ("in.csv --model text.ckpt", "model .*text.ckpt is not a checkpoint the toolkit can read"),
+        ("in.csv --model .", "is a folder; pass a checkpoint file"),
+        ("in.csv --model image.ckpt", "image.ckpt: the Imputer needs a time-series model"),
+        ("missing.csv --model model.ckpt", "time-series file .*missing.csv does not exist"),
+        ("empty.csv --model model.ckpt", "cannot read .*empty.csv as CSV"),
+        ("semicolons.csv --model model.ckpt", r"semicolons.csv looks ';'-separated.*sep=';', decimal=','"),
+        ("huge.csv --model model.ckpt", r"huge.csv: .*column 'x0' holds 1e\+300 at row 4"),
+        ("columns.csv --model model.ckpt", "columns.csv: .*differ from the model's"),
+        ("irregular.csv --model model.ckpt", "irregular.csv: .*not on one regular grid.*resample"),
+        ("in.csv --model model.ckpt --horizon 99", "horizon must be an int in"),
+        ("in.csv --model model.ckpt --n-samples 0", "argument --n-samples: expected an integer >= 1, got '0'"),
+        ("in.csv --model model.ckpt --steps two", "argument --steps: expected an integer >= 1"),
+        ("in.csv --model model.ckpt --quantiles x", "argument --quantiles: expected comma-separated numbers"),
+        ("in.csv --model model.ckpt --sampler magic", "unknown sampler 'magic'"),
+        ("in.csv --model model.ckpt --out out.txt", "--out must end in .csv or .parquet"),
+        ("in.csv --model model.ckpt --out in.csv", "--out .*in.csv is the input file"),
+        ("in.csv --model model.ckpt --colour red", "unrecognized arguments: --colour red"),
+    ],
+)
+def test_cli_errors_are_one_line_exit_2_and_write_nothing(cli_files, capsys, monkeypatch, arguments, message):
+    monkeypatch.chdir(cli_files)
+    before = sorted(p.name for p in cli_files.iterdir())
+    argv = arguments.split()
+    if "--out" not in argv:
+        argv += ["--out", "out.csv"]
     with pytest.raises(SystemExit) as exit_info:
-        main([str(tmp_path / "bad.csv"), "--model", str(model), "--out", str(tmp_path / "o.csv")])
-    assert exit_info.value.code == 2 and "differ from the model's" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(
-            [
-                str(tmp_path / "bad.csv"),
-                "--model",
-                str(model),
-                "--out",
-                str(tmp_path / "o.csv"),
-                "--quantiles",
-                "x",
-            ]
-        )
+        main([*argv, "--n-samples", "2", "--steps", "1"] if "--n-samples" not in argv else argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert re.search(message, err), err
+    assert sorted(p.name for p in cli_files.iterdir()) == before, "nothing is written"
+
+
+def test_cli_forecast_of_a_daily_csv_missing_a_day_warns_and_continues_the_days(cli_files, tmp_path, capsys):
+    daily_with_a_missing_day().to_csv(tmp_path / "daily.csv", index=False)
+    main(
+        [str(tmp_path / "daily.csv"), "--model", str(cli_files / "model.ckpt"), "--out", str(tmp_path / "f.csv")]
+        + ["--horizon", "3", "--n-samples", "3", "--steps", "2"]
+    )
+    err = capsys.readouterr().err
+    assert err.startswith("warning: series") and "1 time stamps are missing from its regular grid" in err
+    out = pd.read_csv(tmp_path / "f.csv")
+    assert out["date"].tolist()[-4:] == ["2020-03-20", "2020-03-21", "2020-03-22", "2020-03-23"]
+    assert len(out) == 22 and out[["x0", "x1"]].notna().all().all()
+
+
+def test_a_failed_write_leaves_no_file_and_no_new_folder(tmp_path):
+    mixed = pd.DataFrame({"x": [1, "a"]})  # Parquet refuses a column of ints and text
+    with pytest.raises((ValueError, TypeError)):
+        write_frame(mixed, tmp_path / "new" / "deeper" / "out.parquet")
+    assert list(tmp_path.iterdir()) == []
+    write_frame(mixed, tmp_path / "new" / "out.csv")
+    assert [p.name for p in (tmp_path / "new").iterdir()] == ["out.csv"]
+
+
+def test_cli_help_explains_every_option(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main([str(tmp_path / "nope.csv"), "--model", str(model), "--out", str(tmp_path / "o.csv")])
-    assert "does not exist" in capsys.readouterr().err
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for action in build_parser()._actions:
+        assert action.help, f"{action.dest} has no help"
+        for flag in action.option_strings:
+            assert flag in text
 
 
 def test_quantile_suffixes():

@@ -19,7 +19,7 @@ import uvicorn
 
 from toolkit.domains.timeseries import synthetic_frames
 from toolkit.impute import Imputer
-from toolkit.serve import build_parser, create_app
+from toolkit.serve import build_parser, create_app, main
 
 MAX_BYTES = 20_000
 MAX_SAMPLES = 16
@@ -150,6 +150,29 @@ def test_forecast_through_the_service(client):
     assert all(v is not None for v in body["filled"]["x0"])
 
 
+def test_forecast_of_a_daily_series_missing_a_day_through_the_service(client):
+    """Text dates with one day missing: the future continues the days, and the answer says a stamp
+    was missing; as CSV the same note comes in a header."""
+    days = pd.date_range("2020-03-01", periods=20, freq="D").delete(9).strftime("%Y-%m-%d")
+    rng = np.random.default_rng(1)
+    data = {"date": list(days), "x0": rng.normal(size=19).tolist(), "x1": (10 + rng.normal(size=19)).tolist()}
+    answer = client.post("/impute", json={"data": data, "horizon": 2, "n_samples": 2, "steps": 2})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["filled"]["date"][-3:] == ["2020-03-20T00:00:00", "2020-03-21T00:00:00", "2020-03-22T00:00:00"]
+    assert len(body["warnings"]) == 1 and "1 time stamps are missing from its regular grid" in body["warnings"][0]
+    csv = pd.DataFrame(data).to_csv(index=False)
+    answer = client.post(
+        "/impute?horizon=2&n_samples=2&steps=2",
+        content=csv,
+        headers={"content-type": "text/csv", "accept": "text/csv"},
+    )
+    assert answer.status_code == 200 and "1 time stamps are missing" in answer.headers["x-warnings"]
+    assert pd.read_csv(io.StringIO(answer.text))["date"].iloc[-1].startswith("2020-03-22")
+    regular = client.post("/impute", json={"data": gappy_records()[1], "n_samples": 2, "steps": 2})
+    assert regular.json()["warnings"] == []
+
+
 @pytest.mark.parametrize(
     ("request_kwargs", "status", "message"),
     [
@@ -174,6 +197,25 @@ def test_forecast_through_the_service(client):
         ),
         ({"content": b"x0,x1\n1,2", "headers": {"content-type": "application/xml"}}, 415, "content type"),
         ({"content": b"\xff\xfe\x00bad", "headers": {"content-type": "text/csv"}}, 400, "invalid CSV"),
+        (
+            {"content": b"date;x0;x1\n2021-01-01;1,5;2,5\n", "headers": {"content-type": "text/csv"}},
+            400,
+            "the CSV body looks ';'-separated",
+        ),
+        (
+            {"json": {"data": [{"x0": 1.0, "x1": 1e300}, {"x0": 2.0, "x1": 1.0}]}},
+            422,
+            "column 'x1' holds 1e+300 at row 0",
+        ),
+        (
+            {
+                "json": {
+                    "data": {"date": ["2021-01-01", "2021-01-02", "2021-01-02 07:00"], "x0": [1, 2, 3], "x1": [1, 2, 3]}
+                }
+            },
+            422,
+            "not on one regular grid",
+        ),
     ],
 )
 def test_bad_requests_get_a_clear_4xx(client, request_kwargs, status, message):
@@ -200,6 +242,36 @@ def test_request_size_limit(client):
 def test_cli_defaults_to_loopback():
     args = build_parser().parse_args(["--model", "m.ckpt"])
     assert args.host == "127.0.0.1" and args.port == 8000 and args.max_bytes == 5_000_000
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--model", "missing.ckpt"], "checkpoint missing.ckpt does not exist"),
+        (["--model", "empty.ckpt"], "model empty.ckpt is not a checkpoint the toolkit can read"),
+        (["--model", "m.ckpt", "--port", "70000"], "argument --port: expected a port in"),
+        (["--model", "m.ckpt", "--max-samples", "0"], "argument --max-samples: expected an integer >= 1"),
+        (["--model", "m.ckpt", "--log-level", "loud"], "argument --log-level: invalid choice"),
+        (["--port", "8000"], "the following arguments are required: --model"),
+    ],
+)
+def test_cli_errors_are_one_line_with_exit_2(tmp_path, monkeypatch, capsys, arguments, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty.ckpt").write_bytes(b"")
+    with pytest.raises(SystemExit) as exit_info:
+        main(arguments)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert message in err
+
+
+def test_cli_help_explains_every_option(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert exit_info.value.code == 0 and "POST /impute" in text
+    for action in build_parser()._actions:
+        assert action.help and all(flag in text for flag in action.option_strings), action.dest
 
 
 @pytest.mark.slow

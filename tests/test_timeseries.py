@@ -26,6 +26,7 @@ from toolkit.domains.timeseries import (
     read_series,
     split_by_time,
     synthetic_frames,
+    time_grid,
     to_model_space,
     window_offset,
     window_starts,
@@ -170,10 +171,94 @@ def test_read_series_id_column_splits_series_in_order_of_appearance(tmp_path):
     assert data.columns == ["a", "b"]
 
 
-def test_read_irregular_stamps_give_fractional_positions():
+def test_stamps_missing_from_a_regular_grid_become_gaps_with_a_warning():
     index = pd.to_datetime(["2021-01-01", "2021-01-02", "2021-01-04", "2021-01-05"])
-    (s,) = read_series(pd.DataFrame({"a": [1.0, 2, 3, 4]}, index=index)).series
-    np.testing.assert_allclose(s.positions, [0, 1, 3, 4])
+    with pytest.warns(UserWarning, match="1 time stamps are missing from its regular grid"):
+        (s,) = read_series(pd.DataFrame({"a": [1.0, 2, 3, 4]}, index=index)).series
+    assert s.index.equals(pd.date_range("2021-01-01", periods=5, freq="D"))
+    np.testing.assert_array_equal(s.values[:, 0], [1.0, 2.0, np.nan, 3.0, 4.0])
+    np.testing.assert_allclose(s.positions, np.arange(5))
+
+
+@pytest.mark.parametrize("unit", ["ns", "us", "ms", "s"])
+@pytest.mark.parametrize("tz", [None, "Europe/Berlin"])
+def test_time_grid_at_every_resolution_and_time_zone(unit, tz):
+    """A daily series over a daylight-saving change with one day missing: calendar days at any unit."""
+    days = pd.date_range("2021-03-20", periods=15, freq="D", unit=unit, tz=tz)
+    grid = time_grid(days.delete(6))
+    assert grid.missing == 1 and grid.stamps.equals(days) and list(grid.slots) == [*range(6), *range(7, 15)]
+    future = grid.future(3)
+    assert future.equals(pd.date_range("2021-04-04", periods=3, freq="D", unit=unit, tz=tz))
+    assert future.dtype == days.dtype
+
+
+@pytest.mark.parametrize(
+    ("stamps", "step", "missing", "future"),
+    [
+        (pd.date_range("2020-01-01", periods=12, freq="MS").delete(4), "MS", 1, ["2021-01-01", "2021-02-01"]),
+        (pd.period_range("2020Q1", periods=6, freq="Q").delete(2), "QS-JAN", 1, ["2021-07-01", "2021-10-01"]),
+        (pd.bdate_range("2021-01-04", periods=20).delete(7), "B", 1, ["2021-02-01", "2021-02-02"]),
+        (pd.date_range("2021-01-01", periods=6, freq="15min"), "15min", 0, ["2021-01-01 01:30", "2021-01-01 01:45"]),
+        (pd.Index([0, 2, 4, 8]), 2, 1, [10, 12]),
+        (pd.Index([0.0, 0.5, 1.0, 2.0]), 0.5, 1, [2.5, 3.0]),
+        (pd.Index([0.0, 0.2, 0.5, 0.7]), 0.1, 4, [0.8, 0.9]),
+        (
+            pd.DatetimeIndex(["2021-01-01 01:00", "2021-01-01 03:00", "2021-01-01 06:00"]),
+            "h",
+            3,
+            ["2021-01-01 07:00", "2021-01-01 08:00"],
+        ),
+    ],
+)
+def test_time_grid_steps_for_calendar_and_numeric_stamps(stamps, step, missing, future):
+    grid = time_grid(stamps)
+    assert (grid.step.freqstr if isinstance(step, str) else grid.step) == pytest.approx(
+        step
+    ) and grid.missing == missing
+    if isinstance(future[0], str):
+        assert grid.future(2).equals(pd.DatetimeIndex(future)) and grid.future(2).dtype == grid.stamps.dtype
+    else:
+        np.testing.assert_allclose(grid.future(2), future)
+        assert grid.future(2).dtype == stamps.dtype
+
+
+@pytest.mark.parametrize(
+    ("stamps", "detail"),
+    [
+        (
+            pd.DatetimeIndex(["2021-01-01", "2021-01-02", "2021-01-03 05:17", "2021-01-05"]),
+            "only 4 of the 5761 steps of min",
+        ),
+        (pd.Index([0.0, 1.0, 2.0 + np.pi, 6.0]), r"steps of \[1.0, 4.14.*share no common step with the smallest"),
+        (pd.DatetimeIndex(["2021-01-01", "2021-01-02", "2021-03-01"]), "only 3 of the 60 steps of 24h"),
+        (
+            pd.DatetimeIndex(["2021-01-01 00:00:00", "2021-01-01 00:00:01", "2021-01-02"]),
+            "only 3 of the 86401 steps of s",
+        ),
+    ],
+)
+def test_irregular_stamps_are_an_error_that_says_how_to_resample(stamps, detail):
+    with pytest.raises(ValueError, match=f"not on one regular grid.*{detail}.*resample"):
+        time_grid(stamps, "series 'x'")
+    frame = pd.DataFrame({"t": stamps, "a": np.arange(len(stamps), dtype=float)})
+    with pytest.raises(ValueError, match="series 'series': the time stamps are not on one regular grid"):
+        read_series(frame, time_column="t")
+
+
+def test_a_single_stamp_has_no_step_to_forecast_with():
+    grid = time_grid(pd.DatetimeIndex(["2021-01-01"]))
+    assert grid.missing == 0
+    with pytest.raises(ValueError, match="single time stamp"):
+        grid.future(1)
+
+
+def test_semicolon_separated_comma_decimal_csv_names_the_separator(tmp_path):
+    (tmp_path / "de.csv").write_text("date;a;b\n2021-01-01;1,5;2,0\n2021-01-02;1,7;2,1\n")
+    with pytest.raises(ValueError, match=r"de.csv looks ';'-separated.*sep=';', decimal=','"):
+        read_series(tmp_path / "de.csv", time_column="date")
+    (tmp_path / "tabs.csv").write_text("date\ta\n2021-01-01\t1.5\n")
+    with pytest.raises(ValueError, match="tab-separated"):
+        read_series(tmp_path / "tabs.csv", time_column="date")
 
 
 def test_read_numeric_time_column_and_numbers_stored_as_text():
@@ -182,6 +267,13 @@ def test_read_numeric_time_column_and_numbers_stored_as_text():
     np.testing.assert_allclose(s.positions, [0, 1, 2])
     np.testing.assert_allclose(s.values[:2, 0], [1.5, 2.0])
     assert np.isnan(s.values[2, 0])
+
+
+def test_text_dates_with_and_without_a_time_of_day_are_read():
+    """pandas infers one format from the first stamp; ISO 8601 stamps of mixed forms still parse."""
+    df = pd.DataFrame({"date": ["2021-01-01", "2021-01-01 12:00", "2021-01-02"], "a": [1.0, 2.0, 3.0]})
+    (s,) = read_series(df, time_column="date").series
+    assert s.index.equals(pd.date_range("2021-01-01", periods=3, freq="12h", name="date"))
 
 
 def test_unsorted_time_stamps_are_sorted_with_their_rows():
@@ -200,7 +292,13 @@ def test_unsorted_time_stamps_are_sorted_with_their_rows():
         (lambda: frame(4).reset_index(), {}, r"not numeric.*date"),
         (lambda: frame(4).assign(c=np.nan), {}, r"\['c'\] have no observed value"),
         (lambda: frame(0), {}, "empty"),
-        (lambda: frame(3).assign(a=[1.0, np.inf, 2.0]), {}, "infinite"),
+        (lambda: frame(3).assign(a=[1.0, np.inf, 2.0]), {}, r"column 'a' holds inf at row Timestamp\('2021-01-02"),
+        (
+            lambda: frame(3).reset_index().assign(b=[1.0, 2.0, 1e300]),
+            {"time_column": "date"},
+            "'b' holds 1e.300 at row 2",
+        ),
+        (lambda: frame(3).assign(b=[1.0, -np.inf, 2.0]), {}, "'b' holds -inf"),
         (lambda: frame(3), {"time_column": "when"}, "time column 'when' not found"),
         (
             lambda: frame(3).reset_index().assign(date=["2021-01-01", None, "2021-01-03"]),
@@ -235,6 +333,11 @@ def test_missing_and_unreadable_files(tmp_path):
     (tmp_path / "data.txt").write_text("a\n1\n")
     with pytest.raises(ValueError, match=".csv or .parquet"):
         read_series(tmp_path / "data.txt")
+    for name, content in (("empty.csv", b""), ("binary.csv", b"\xff\xfe\x00\x81"), ("junk.parquet", b"not parquet")):
+        (tmp_path / "bad" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "bad" / name).write_bytes(content)
+        with pytest.raises(ValueError, match=f"cannot read .*{name} as"):
+            read_series(tmp_path / "bad" / name)
     with pytest.raises(FileNotFoundError, match="no .csv"):
         read_series(tmp_path)
 

@@ -10,9 +10,16 @@
 Decisions, relied on by the CLI, the HTTP service (toolkit/serve.py) and the tests:
 
 - Reading and validation are the time-series domain's (``read_series``): time from ``time_column``,
-  else a DatetimeIndex/PeriodIndex, else row order; duplicate time stamps, non-numeric or infinite
-  values and empty frames are errors; unsorted time stamps are sorted for the model and the result
-  comes back in the input's row order. A series shorter than the window is padded with missing steps.
+  else a DatetimeIndex/PeriodIndex, else row order; duplicate time stamps, non-numeric, infinite or
+  huge values and empty frames are errors; unsorted time stamps are sorted for the model and the
+  result comes back in the input's row order. A series shorter than the window is padded with
+  missing steps. Time stamps missing from a series' regular grid are imputed as gaps (with a
+  warning) and left out of the result; irregular time stamps are an error (``time_grid``).
+- Forecasts append ``horizon`` steps that continue each series' grid (``TimeGrid.future``: pandas'
+  frequency for dates of any unit and time zone, the next periods of a PeriodIndex, the smallest
+  step of numbers).
+- The CLI turns user errors (bad model file, input or option) into one ``error:`` line with exit
+  code 2 and writes its output only when all went well; warnings become ``warning:`` lines.
 - The variable columns (all but the time and series-id columns) must be the model's: missing or
   extra columns are errors naming them. Boolean columns and numbers stored as text are errors.
   A column with no observed value is allowed: the model fills it from the other variables.
@@ -36,6 +43,7 @@ import argparse
 import contextlib
 import functools
 import os
+import pickle
 import sys
 import tempfile
 import warnings
@@ -55,8 +63,10 @@ from toolkit.domains.timeseries import (
     SeriesSet,
     TimeSeriesDomain,
     make_windows,
+    parse_times,
     read_frame,
     read_series,
+    time_grid,
     to_model_space,
 )
 from toolkit.module import DiffusionModule, load_module
@@ -151,7 +161,8 @@ def check_quantiles(quantiles: Sequence[float]) -> tuple[float, ...]:
 @dataclass
 class Prepared:
     """One input frame, read for the model: its series (model column order) and, per series, the
-    input row of each of its steps."""
+    input row of each of its steps (-1 for time stamps missing from the input's regular grid, which
+    ``read_series`` inserts as gaps)."""
 
     frame: pd.DataFrame
     variables: list
@@ -164,32 +175,14 @@ def _variables(frame: pd.DataFrame, time_column: str | None, series_column: str 
     return [c for c in frame.columns if str(c) not in reserved]
 
 
-def _forecast_future(times: pd.Index, horizon: int) -> pd.Index:
-    """``horizon`` time stamps after the last of ``times``: at the inferred frequency for dates
-    (else the median step), at the median step for numbers."""
+def _forecast_future(times: pd.Index, horizon: int, where: str) -> pd.Index:
+    """``horizon`` time stamps after the last of ``times``, continuing their regular grid (see
+    ``time_grid``: pandas' own frequency for dates of any resolution and time zone, the smallest
+    step for numbers); a PeriodIndex continues with its own frequency."""
     ordered = times.sort_values()
     if isinstance(ordered, pd.PeriodIndex):
         return pd.period_range(ordered[-1] + 1, periods=horizon, freq=ordered.freq)
-    if isinstance(ordered, pd.DatetimeIndex):
-        with warnings.catch_warnings():  # pandas 3 announces offsets instead of strings; both work here
-            warnings.simplefilter("ignore")
-            freq = pd.infer_freq(ordered) if len(ordered) >= 3 else None
-        if freq is not None:
-            return pd.date_range(ordered[-1], periods=horizon + 1, freq=freq)[1:]
-        steps = np.diff(ordered.asi8)
-        step = pd.Timedelta(int(np.median(steps)) if len(steps) else pd.Timedelta("1D").value)
-        return pd.DatetimeIndex([ordered[-1] + step * i for i in range(1, horizon + 1)], tz=ordered.tz)
-    if pd.api.types.is_numeric_dtype(ordered.dtype) and not pd.api.types.is_bool_dtype(ordered.dtype):
-        values = ordered.to_numpy(dtype=float)
-        step = float(np.median(np.diff(values))) if len(values) >= 2 else 1.0
-        future = values[-1] + step * np.arange(1, horizon + 1)
-        if pd.api.types.is_integer_dtype(ordered.dtype) and step == int(step):
-            return pd.Index(future.astype(np.int64))
-        return pd.Index(future)
-    raise ValueError(
-        f"cannot extend time stamps of type {ordered.dtype} into the future; use a DatetimeIndex, "
-        "a PeriodIndex, a numeric index or a time_column of dates or numbers"
-    )
+    return time_grid(ordered, where).future(horizon, where)
 
 
 def _empty_rows(frame: pd.DataFrame, index: pd.Index) -> pd.DataFrame:
@@ -216,18 +209,19 @@ def extend_frame(frame: pd.DataFrame, horizon: int, time_column: str | None, ser
         if time_column not in frame.columns:
             raise ValueError(f"time column {time_column!r} not found; columns are {list(frame.columns)}")
         if not pd.api.types.is_numeric_dtype(frame[time_column].dtype):
-            frame = frame.assign(**{time_column: pd.to_datetime(frame[time_column])})
+            frame = frame.assign(**{time_column: parse_times(frame[time_column])})
     groups = [(None, frame)] if series_column is None else list(frame.groupby(series_column, sort=False))
     parts, next_row = [frame], frame.index.stop if isinstance(frame.index, pd.RangeIndex) else None
     for series_id, part in groups:
+        where = "the frame" if series_column is None else f"series {series_id!r}"
         if next_row is not None:
             index = pd.RangeIndex(next_row, next_row + horizon)
             next_row += horizon
         else:
-            index = _forecast_future(part.index, horizon)
+            index = _forecast_future(part.index, horizon, where)
         rows = _empty_rows(part, index)
         if time_column is not None:
-            rows[time_column] = _forecast_future(pd.Index(part[time_column]), horizon).to_numpy()
+            rows[time_column] = _forecast_future(pd.Index(part[time_column]), horizon, where)
         if series_column is not None:
             rows[series_column] = series_id
         parts.append(rows)
@@ -283,8 +277,23 @@ class Imputer:
     @classmethod
     def load(cls, path: str | Path, map_location: str = "cpu") -> Imputer:
         """An imputer from a checkpoint: ``last.ckpt`` of ``python -m toolkit.train domain=timeseries``
-        or a file written by ``save``."""
-        return cls(load_module(path, map_location=map_location))
+        or a file written by ``save``. A missing file is a FileNotFoundError; a folder, a file that is
+        not a readable checkpoint, or another domain's model a ValueError naming the file."""
+        path = Path(path)
+        if path.is_dir():
+            raise ValueError(f"model {path} is a folder; pass a checkpoint file such as {path}/checkpoints/last.ckpt")
+        try:
+            return cls(load_module(path, map_location=map_location))
+        except FileNotFoundError:
+            raise
+        except ValueError as error:
+            raise ValueError(str(error) if str(path) in str(error) else f"model {path}: {error}") from error
+        except (EOFError, KeyError, TypeError, AttributeError, RuntimeError, pickle.UnpicklingError, OSError) as error:
+            detail = "the file is empty" if isinstance(error, EOFError) else f"{type(error).__name__}: {error}"
+            raise ValueError(
+                f"model {path} is not a checkpoint the toolkit can read ({detail.splitlines()[0][:200]}); pass "
+                "last.ckpt of a `python -m toolkit.train domain=timeseries` run or a file written by Imputer.save"
+            ) from error
 
     @classmethod
     def fit(
@@ -414,7 +423,8 @@ class Imputer:
         for name, p in prepared.items():
             model_order = np.full((n_samples, len(p.frame), len(self.columns)), np.nan)
             for series_samples, rows in zip(stitched[offset : offset + len(p.series)], p.rows, strict=True):
-                model_order[:, rows] = series_samples
+                given = rows >= 0
+                model_order[:, rows[given]] = series_samples[:, given]
             offset += len(p.series)
             order = [self.columns.index(str(c)) for c in p.variables]
             samples = model_order[:, :, order]
@@ -503,7 +513,7 @@ class Imputer:
                 "convert them with pd.to_numeric first"
             )
         series = [Series(s.name, s.index, s.positions, s.values[:, :-1]) for s in data.series]
-        rows = [s.values[:, -1].astype(np.int64) for s in data.series]
+        rows = [np.nan_to_num(s.values[:, -1], nan=-1).astype(np.int64) for s in data.series]
         return Prepared(frame, variables, series, rows)
 
     def sample_windows(
@@ -531,9 +541,10 @@ class Imputer:
         method, steps = self._sampler_settings(sampler, steps)
         x, mask = to_model_space(values, self.domain.normalizer)
         if not torch.isfinite(x).all():
+            column = self.columns[int(torch.nonzero(~torch.isfinite(x))[0, 1])]
             raise ValueError(
-                "some values are too far from the training data to represent (they overflow after "
-                "normalisation); check their units against the data the model was trained on"
+                f"column {column!r} holds values too far from the training data to represent (they overflow "
+                "after normalisation); check their units against the data the model was trained on"
             )
         n_windows = len(values)
         if time_pos is None:
@@ -678,35 +689,115 @@ def parse_quantiles(text: str) -> tuple[float, ...]:
         ) from None
 
 
+def int_at_least(low: int):
+    """An argparse type: an integer >= ``low``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
+        return value
+
+    return parse
+
+
+def sampler_name(text: str) -> str:
+    if text not in samplers.SAMPLERS:
+        raise argparse.ArgumentTypeError(f"unknown sampler {text!r}; choose one of {sorted(samplers.SAMPLERS)}")
+    return text
+
+
+class CliParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, ``error: ...``, with exit code 2 (no usage dump)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+@contextlib.contextmanager
+def user_errors(parser: argparse.ArgumentParser, *, prefix: str = ""):
+    """Turn the errors a user can fix (bad files, values, options) into one ``error:`` line and exit
+    code 2 instead of a traceback; the toolkit's and pandas' warnings become ``warning:`` lines."""
+    failure = None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        try:
+            yield
+        except (ValueError, TypeError, OSError) as error:
+            failure = f"error: {prefix}{str(error) or type(error).__name__}\n"
+    for warning in caught:
+        if warning.category is UserWarning:  # not library notes such as Lightning's PossibleUserWarning
+            print(f"warning: {warning.message}", file=sys.stderr)
+    if failure is not None:
+        parser.exit(2, failure)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog="python -m toolkit.impute",
-        description="Fill the gaps (empty cells) of a CSV/Parquet time series with a trained model.",
+        description="Fill the gaps (empty cells) of a CSV/Parquet time series with a trained model, and "
+        "optionally forecast future steps. Writes the filled table; observed values are kept as they are.",
+        epilog="Input: comma-separated CSV (decimal point) or Parquet; one row per time stamp, one column per "
+        "variable, empty cells are gaps. Time stamps must be one regular step apart (stamps missing from the "
+        "grid are imputed with a warning). Errors exit with code 2 and one line saying what to fix.",
     )
-    parser.add_argument("input", help="CSV or Parquet file with gaps")
-    parser.add_argument("--model", required=True, help="checkpoint: last.ckpt of a timeseries run, or Imputer.save")
-    parser.add_argument("--out", required=True, help="output .csv or .parquet file")
-    parser.add_argument("--quantiles", type=parse_quantiles, default=(), help="also write <col>_q05 etc.")
-    parser.add_argument("--n-samples", type=int, default=50)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's config)")
-    parser.add_argument("--sampler", default=None, help=f"one of {sorted(samplers.SAMPLERS)}")
-    parser.add_argument("--stride", type=int, default=None, help="window stride (default: half a window)")
-    parser.add_argument("--time-column", default=None, help="default: the model's, or the one non-variable column")
-    parser.add_argument("--series-column", default=None, help="default: the model's, when the file has it")
-    parser.add_argument("--horizon", type=int, default=0, help="also forecast this many future steps")
+    parser.add_argument("input", help="CSV or Parquet file with gaps (empty cells)")
+    parser.add_argument(
+        "--model", required=True, help="checkpoint: last.ckpt of a domain=timeseries run, or a file from Imputer.save"
+    )
+    parser.add_argument("--out", required=True, help="output file, .csv or .parquet (written only when all went well)")
+    parser.add_argument(
+        "--quantiles",
+        type=parse_quantiles,
+        default=(),
+        help="comma-separated quantiles in [0, 1], e.g. 0.05,0.95: also write <col>_q05, <col>_q95 columns",
+    )
+    parser.add_argument("--n-samples", type=int_at_least(1), default=50, help="samples drawn per gap (default 50)")
+    parser.add_argument("--seed", type=int_at_least(0), default=0, help="random seed; same seed, same output")
+    parser.add_argument(
+        "--steps", type=int_at_least(1), default=None, help="sampler steps (default: the model's config)"
+    )
+    parser.add_argument(
+        "--sampler", type=sampler_name, default=None, help=f"one of {sorted(samplers.SAMPLERS)} (default: the model's)"
+    )
+    parser.add_argument(
+        "--stride", type=int_at_least(1), default=None, help="steps between window starts (default: half a window)"
+    )
+    parser.add_argument(
+        "--time-column", default=None, help="column of time stamps (default: the model's, or the one non-variable one)"
+    )
+    parser.add_argument(
+        "--series-column", default=None, help="column of series ids (default: the model's, when the file has it)"
+    )
+    parser.add_argument(
+        "--horizon",
+        type=int_at_least(0),
+        default=0,
+        help="also forecast this many future steps, continuing the time stamps (fewer than the model's window)",
+    )
     return parser
 
 
 def write_frame(frame: pd.DataFrame, path: Path) -> None:
-    """CSV (floats written with round-trip precision) or Parquet, by suffix, atomically."""
+    """CSV (floats written with round-trip precision) or Parquet, by suffix, atomically: on failure
+    neither the file nor the folders made for it are left behind."""
+    made = [folder for folder in path.parents if not folder.exists()]  # innermost first
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
-    if path.suffix.lower() in (".parquet", ".pq"):
-        frame.to_parquet(partial, index=False)
-    else:
-        frame.to_csv(partial, index=False)
-    os.replace(partial, path)
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            frame.to_parquet(partial, index=False)
+        else:
+            frame.to_csv(partial, index=False)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        for folder in made:
+            folder.rmdir()
+        raise
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -715,9 +806,14 @@ def main(argv: list[str] | None = None) -> Path:
     out = Path(args.out)
     if out.suffix.lower() not in (".csv", ".parquet", ".pq"):
         parser.error(f"--out must end in .csv or .parquet, got {out.name}")
-    try:
-        imputer = Imputer.load(args.model)
+    if out.is_dir():
+        parser.error(f"--out {out} is a folder; give a file name ending in .csv or .parquet")
+    if out.resolve() == Path(args.input).resolve():
+        parser.error(f"--out {out} is the input file; write the result to another file")
+    with user_errors(parser):
         frame = read_frame(args.input)
+        imputer = Imputer.load(args.model)
+    with user_errors(parser, prefix=f"{args.input}: "):
         time_column = guess_time_column(frame, imputer, args.time_column, args.series_column)
         options = dict(
             n_samples=args.n_samples,
@@ -730,10 +826,9 @@ def main(argv: list[str] | None = None) -> Path:
             series_column=args.series_column,
         )
         run = functools.partial(imputer.forecast, horizon=args.horizon) if args.horizon else imputer.impute
-        result = run(frame, **options)
-        write_frame(result.with_quantile_columns(), out)
-    except (ValueError, TypeError, FileNotFoundError) as error:
-        parser.exit(2, f"error: {error}\n")
+        table = run(frame, **options).with_quantile_columns()
+    with user_errors(parser, prefix=f"cannot write --out {out}: "):
+        write_frame(table, out)
     print(f"wrote {out}")
     return out
 

@@ -10,8 +10,10 @@
   (``?n_samples=20&quantiles=0.05,0.95``).
 
 It answers JSON ``{"columns", "variables", "rows", "filled": {column: values}, "quantiles":
-{"0.05": {variable: values}}, "n_samples", "seed"}``, or, with ``Accept: text/csv``, the filled table
-with ``<variable>_q05``-style quantile columns as CSV. Observed values come back unchanged (JSON
+{"0.05": {variable: values}}, "n_samples", "seed", "warnings"}``, or, with ``Accept: text/csv``, the
+filled table with ``<variable>_q05``-style quantile columns as CSV (warnings in an ``X-Warnings``
+header). Warnings note input the service accepted but changed, such as time stamps missing from the
+series' regular grid (imputed as gaps; irregular stamps are a 422). Observed values come back unchanged (JSON
 floats round-trip exactly). Bad requests get a 4xx answer whose ``detail`` says what to fix:
 413 (body over ``--max-bytes``), 415 (content type), 400 (unreadable JSON or CSV), 422 (wrong
 columns, non-numeric values, options out of range such as too many samples). ``GET /health``
@@ -25,6 +27,7 @@ import io
 import json
 import math
 import threading
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -35,7 +38,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from toolkit.core import sampler as samplers
-from toolkit.impute import Imputer, check_quantiles, guess_time_column
+from toolkit.domains.timeseries import check_separator
+from toolkit.impute import CliParser, Imputer, check_quantiles, guess_time_column, int_at_least, user_errors
 
 OPTIONS = ("time_column", "series_column", "n_samples", "quantiles", "seed", "steps", "sampler", "horizon")
 CSV_TYPES = ("text/csv", "application/csv")
@@ -129,8 +133,9 @@ def frame_from_json(body: bytes) -> tuple[pd.DataFrame, dict]:
 
 
 def frame_from_csv(body: bytes) -> pd.DataFrame:
+    """A comma-separated CSV body; another separator (e.g. ';' with decimal commas) is a 400 naming it."""
     try:
-        return pd.read_csv(io.BytesIO(body))
+        return check_separator(pd.read_csv(io.BytesIO(body)), "the CSV body")
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as error:
         raise _error(400, f"invalid CSV: {error}") from None
 
@@ -180,11 +185,12 @@ def create_app(imputer: Imputer, max_bytes: int = 5_000_000, max_samples: int = 
     one_at_a_time = threading.Lock()
 
     def run(frame: pd.DataFrame, options: dict):
+        """The result and the toolkit's warnings about the input (e.g. time stamps missing from the grid)."""
         horizon = options.pop("horizon")
-        with one_at_a_time:
-            if horizon:
-                return imputer.forecast(frame, horizon, **options)
-            return imputer.impute(frame, **options)
+        with one_at_a_time, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            result = imputer.forecast(frame, horizon, **options) if horizon else imputer.impute(frame, **options)
+        return result, [str(w.message) for w in caught if w.category is UserWarning]
 
     @app.get("/health")
     def health() -> dict:
@@ -212,37 +218,54 @@ def create_app(imputer: Imputer, max_bytes: int = 5_000_000, max_samples: int = 
         options["time_column"] = guess_time_column(frame, imputer, options["time_column"], options["series_column"])
         frame = numeric_columns(frame, imputer.columns)
         try:
-            result = await run_in_threadpool(run, frame, dict(options))
+            result, notes = await run_in_threadpool(run, frame, dict(options))
         except (ValueError, TypeError) as error:
             raise _error(422, str(error)) from None
         if "text/csv" in request.headers.get("accept", ""):
-            return Response(result.with_quantile_columns().to_csv(index=False), media_type="text/csv")
-        return result_payload(result, options)
+            headers = {"X-Warnings": " | ".join(notes)} if notes else None
+            return Response(result.with_quantile_columns().to_csv(index=False), media_type="text/csv", headers=headers)
+        return {**result_payload(result, options), "warnings": notes}
 
     return app
 
 
+def port_number(text: str) -> int:
+    port = int_at_least(0)(text)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port in [0, 65535], got {text!r}")
+    return port
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m toolkit.serve", description="HTTP imputation service")
-    parser.add_argument("--model", required=True, help="checkpoint: last.ckpt of a timeseries run, or Imputer.save")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    parser.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
-    parser.add_argument("--max-bytes", type=int, default=5_000_000, help="largest request body accepted")
-    parser.add_argument("--max-samples", type=int, default=200, help="largest n_samples accepted")
-    parser.add_argument("--max-steps", type=int, default=200, help="largest sampler steps accepted")
-    parser.add_argument("--log-level", default="info")
+    parser = CliParser(
+        prog="python -m toolkit.serve",
+        description="HTTP imputation service around one time-series model: POST /impute (JSON or CSV body), "
+        "GET /health. See the toolkit.serve module docstring or README for the request format.",
+    )
+    parser.add_argument(
+        "--model", required=True, help="checkpoint: last.ckpt of a domain=timeseries run, or a file from Imputer.save"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    parser.add_argument("--port", type=port_number, default=8000, help="port to listen on (default 8000; 0: any free)")
+    parser.add_argument(
+        "--max-bytes", type=int_at_least(1), default=5_000_000, help="largest request body accepted (413 beyond)"
+    )
+    parser.add_argument("--max-samples", type=int_at_least(1), default=200, help="largest n_samples accepted (422)")
+    parser.add_argument("--max-steps", type=int_at_least(1), default=200, help="largest sampler steps accepted (422)")
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug", "trace"],
+        help="uvicorn's log level (default info)",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.max_bytes < 1 or args.max_samples < 1 or args.max_steps < 1:
-        parser.error("--max-bytes, --max-samples and --max-steps must be positive")
-    try:
+    with user_errors(parser):
         imputer = Imputer.load(args.model)
-    except (FileNotFoundError, ValueError) as error:
-        parser.exit(2, f"error: {error}\n")
     app = create_app(imputer, args.max_bytes, args.max_samples, args.max_steps)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
 

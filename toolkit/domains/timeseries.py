@@ -3,19 +3,26 @@
 Model space: a window of ``L`` steps of ``K`` variables is ``x`` ``[K, L]``, each variable
 normalised by the mean and standard deviation of its observed training values, missing values set
 to 0, with ``mask`` ``[K, L]`` (1 = observed). ``time_pos`` ``[L]`` gives each step's position in
-units of the series' typical step, 0 at the window start.
+steps of the series' time grid, 0 at the window start.
 
 Input handling (``read_series``), decided once here and relied on by the Imputer:
 
 - Sources: a CSV or Parquet file, a folder of them (one series per file), a DataFrame, a list or a
   dict of DataFrames (one series each), optionally split further by a series-id column.
-- Time: ``time_column`` (datetime-like or numeric), else a DatetimeIndex/PeriodIndex, else the
-  row order. Missing or unparseable time stamps and duplicate time stamps within a series are
-  errors. Unsorted time stamps are sorted (each row keeps its time stamp, so nothing is lost).
+- Time: ``time_column`` (datetime-like, ISO 8601 text, or numeric), else a DatetimeIndex/PeriodIndex,
+  else the row order. Missing or unparseable time stamps and duplicate time stamps within a series
+  are errors. Unsorted time stamps are sorted (each row keeps its time stamp, so nothing is lost).
+- Time grid (``time_grid``): the model works in whole steps of one frequency. Stamps missing from a
+  series' regular grid are inserted as all-missing steps, with a warning naming how many; stamps
+  that are not whole steps of one frequency (or a grid over ``MAX_GRID_RATIO`` times longer than
+  the stamps) are errors that say how to resample. Dates of any unit or time zone use pandas' date
+  arithmetic and frequencies; ``positions`` are the grid steps 0, 1, 2...
 - Variables: ``columns``, else every column but the time and series-id columns. Non-numeric
-  columns, infinite values and an empty frame (no rows or no variables) are errors; NaN marks a
-  missing value. A variable with no observed value anywhere is an error (nothing to learn from)
-  unless ``allow_all_missing`` (the Imputer's inputs: the trained model fills it in).
+  columns, infinite values or values beyond float32's range (named by column and row) and an empty
+  frame (no rows or no variables) are errors; NaN marks a missing value. A CSV file read as a
+  single column whose name holds ';', a tab or '|' is an error naming that separator. A variable
+  with no observed value anywhere is an error (nothing to learn from) unless ``allow_all_missing``
+  (the Imputer's inputs: the trained model fills it in).
 - Constant variables (or a single observed value) get scale 1: they normalise to 0, never inf.
 - A series shorter than the window is padded at the end with missing steps (mask 0), so it still
   gives one window; padded steps are never conditioned on nor counted in the loss.
@@ -62,6 +69,8 @@ MACRODATA_COLUMNS = (
     "realint",
 )
 FILE_SUFFIXES = (".csv", ".parquet", ".pq")
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+MAX_GRID_RATIO = 10  # a time grid may be at most this many times longer than the stamps given on it
 
 
 # ----------------------------------------------------------------------------- reading
@@ -69,8 +78,8 @@ FILE_SUFFIXES = (".csv", ".parquet", ".pq")
 
 @dataclass
 class Series:
-    """One multivariate series: ``values`` [T, K] (NaN = missing) at time stamps ``index``, and
-    ``positions`` [T], the time in units of the series' median step (0 at its first step)."""
+    """One multivariate series: ``values`` [T, K] (NaN = missing) at time stamps ``index`` (a regular
+    grid), and ``positions`` [T], the time in grid steps (0 at its first step)."""
 
     name: str
     index: pd.Index
@@ -96,16 +105,39 @@ class SeriesSet:
 
 
 def read_frame(path: str | Path) -> pd.DataFrame:
-    """A CSV or Parquet file as a DataFrame."""
+    """A CSV (comma-separated, decimal point) or Parquet file as a DataFrame; unreadable files and
+    CSV files with another separator are ValueErrors naming the file and the fix."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; pass a .csv or .parquet file")
     if not path.is_file():
         raise FileNotFoundError(f"time-series file {path} does not exist")
     suffix = path.suffix.lower()
-    if suffix == ".csv":
-        return pd.read_csv(path)
-    if suffix in (".parquet", ".pq"):
-        return pd.read_parquet(path)
-    raise ValueError(f"cannot read {path}: expected a .csv or .parquet file, got {suffix or 'no suffix'!r}")
+    if suffix not in FILE_SUFFIXES:
+        raise ValueError(f"cannot read {path}: expected a .csv or .parquet file, got {suffix or 'no suffix'!r}")
+    csv = suffix == ".csv"
+    try:
+        frame = pd.read_csv(path) if csv else pd.read_parquet(path)
+    except (ValueError, OSError) as error:  # pandas' parser errors and pyarrow's are ValueErrors
+        first_line = (str(error).splitlines() or [type(error).__name__])[0]
+        raise ValueError(f"cannot read {path} as {'CSV' if csv else 'Parquet'}: {first_line}") from None
+    return check_separator(frame, str(path)) if csv else frame
+
+
+def check_separator(frame: pd.DataFrame, source: str) -> pd.DataFrame:
+    """``frame`` as read with commas; a single column whose name holds ';', a tab or '|' means the
+    file uses that separator (often with decimal commas): a ValueError that names it and the fix."""
+    if len(frame.columns) == 1:
+        header = str(frame.columns[0])
+        for separator, name in ((";", "';'"), ("\t", "tab"), ("|", "'|'")):
+            if separator in header:
+                decimal = ", decimal=','" if separator == ";" else ""
+                raise ValueError(
+                    f"{source} looks {name}-separated (header {header[:60]!r}), but commas are expected: "
+                    f"convert it first, e.g. pd.read_csv(path, sep={separator!r}{decimal}).to_csv('fixed.csv', "
+                    "index=False)"
+                )
+    return frame
 
 
 def _frames_from(data) -> dict[str, pd.DataFrame]:
@@ -138,6 +170,15 @@ def _frames_from(data) -> dict[str, pd.DataFrame]:
     return frames
 
 
+def parse_times(values: pd.Series) -> pd.Series:
+    """Text time stamps as datetimes: pandas' inferred format, else ISO 8601 in any of its forms
+    (pandas infers one format from the first stamp, so '2021-01-02' then '2021-01-02 07:00' fails)."""
+    try:
+        return pd.to_datetime(values)
+    except ValueError:
+        return pd.to_datetime(values, format="ISO8601")
+
+
 def _time_index(frame: pd.DataFrame, time_column: str | None, where: str) -> tuple[pd.DataFrame, pd.Index]:
     """The frame without its time column, and the time stamps of its rows."""
     if time_column is not None:
@@ -153,11 +194,12 @@ def _time_index(frame: pd.DataFrame, time_column: str | None, where: str) -> tup
             index = pd.Index(raw.to_numpy(dtype=float), name=time_column)
         else:
             try:
-                index = pd.DatetimeIndex(pd.to_datetime(raw), name=time_column)
+                index = pd.DatetimeIndex(parse_times(raw), name=time_column)
             except (ValueError, TypeError) as err:
                 raise ValueError(
                     f"{where}: time column {time_column!r} holds values that are neither numbers nor dates "
-                    f"({err}); fix them or choose another time_column"
+                    f"({str(err).splitlines()[0]}); write them as ISO 8601 dates such as 2021-01-31 or "
+                    "2021-01-31 14:00, or choose another time_column"
                 ) from None
         if index.isna().any():
             row = int(np.flatnonzero(index.isna())[0])
@@ -172,15 +214,125 @@ def _time_index(frame: pd.DataFrame, time_column: str | None, where: str) -> tup
     return frame, pd.RangeIndex(len(frame))
 
 
-def _positions(index: pd.Index) -> np.ndarray:
-    """Time stamps as float positions: time since the first stamp in units of the median step."""
-    if isinstance(index, pd.DatetimeIndex):
-        raw = (index - index[0]).total_seconds().to_numpy(dtype=float)
+@dataclass
+class TimeGrid:
+    """The regular grid that sorted, distinct time stamps lie on: ``step`` (a pandas offset for dates,
+    a number otherwise; None for a single stamp), ``stamps`` the whole grid from the first to the last
+    given stamp, and ``slots`` [T], the grid position of each given stamp."""
+
+    step: object
+    stamps: pd.Index
+    slots: np.ndarray
+
+    @property
+    def missing(self) -> int:
+        """How many grid stamps between the first and the last given one are absent."""
+        return len(self.stamps) - len(self.slots)
+
+    def future(self, horizon: int, where: str = "the series") -> pd.Index:
+        """The ``horizon`` grid stamps after the last one."""
+        if self.step is None:
+            raise ValueError(
+                f"{where}: cannot tell the time step from a single time stamp; give at least two rows of history"
+            )
+        last = self.stamps[-1]
+        if isinstance(self.stamps, pd.DatetimeIndex):
+            return pd.date_range(last, periods=horizon + 1, freq=self.step, unit=self.stamps.unit)[1:]
+        future = last + self.step * np.arange(1, horizon + 1)
+        return pd.Index(future.astype(self.stamps.dtype) if self.stamps.dtype.kind in "iu" else future)
+
+
+def _irregular(where: str, detail: str) -> ValueError:
+    return ValueError(
+        f"{where}: the time stamps are not on one regular grid ({detail}); the model works in whole steps "
+        "of one frequency. Resample to the step you want first, e.g. frame.resample('1D').mean() on a DatetimeIndex "
+        "(frame.set_index('date').resample('1D').mean() for a time column), then impute the gaps"
+    )
+
+
+def _infer_freq(index: pd.DatetimeIndex):
+    """``pd.infer_freq`` as an offset, or None (pandas 3 warns about offset aliases; both work here)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        freq = pd.infer_freq(index) if len(index) >= 3 else None
+    return pd.tseries.frequencies.to_offset(freq) if freq is not None else None
+
+
+def _datetime_grid(index: pd.DatetimeIndex, where: str) -> TimeGrid:
+    """The frequency of the whole index, else the coarsest grid that holds every stamp among the
+    frequencies pandas infers for consecutive triples (calendar steps such as months or business
+    days) and the greatest common divisor of the steps (in the index's own unit)."""
+    freq = _infer_freq(index)
+    if freq is not None:
+        return TimeGrid(freq, index, np.arange(len(index)))
+    starts = np.unique(np.linspace(0, len(index) - 3, num=max(0, min(64, len(index) - 2))).astype(int))
+    names = {f.freqstr for f in (_infer_freq(index[i : i + 3]) for i in starts) if f is not None}
+    steps = index[1:] - index[:-1]
+    divisor = pd.Timedelta(int(np.gcd.reduce(steps.asi8)), unit=steps.unit)  # asi8 counts steps.unit
+    best, sparse = None, None
+    for step in map(pd.tseries.frequencies.to_offset, [*sorted(names), divisor]):
+        if isinstance(step, pd.offsets.Tick):  # a fixed step: check it without building a huge grid
+            if ((index - index[0]) % pd.Timedelta(step)).any():
+                continue
+            size = (index[-1] - index[0]) // pd.Timedelta(step) + 1
+            if size > MAX_GRID_RATIO * len(index):
+                sparse = sparse or (size, step)
+                continue
+        grid = pd.date_range(index[0], index[-1], freq=step, unit=index.unit)
+        slots = grid.get_indexer(index)
+        if (slots >= 0).all() and (best is None or len(grid) < len(best.stamps)):
+            best = TimeGrid(step, grid, slots)
+    # The steps' common divisor holds every stamp, so without a grid its grid was too long: an error.
+    size, step = (len(best.stamps), best.step) if best is not None else sparse
+    _check_density(len(index), size, _step_name(step), where)
+    return best
+
+
+def _check_density(given: int, size: int, step, where: str) -> None:
+    if size > MAX_GRID_RATIO * given:
+        detail = f"only {given} of the {size} steps of {step} from the first to the last stamp have a row"
+        raise _irregular(where, detail)
+
+
+def _numeric_grid(index: pd.Index, where: str) -> TimeGrid:
+    """Numeric stamps: the largest step of which every step is a whole multiple, among the smallest
+    step divided by 1, 2, ... ``MAX_GRID_RATIO``."""
+    values = index.to_numpy(dtype=float)
+    steps = np.diff(values)
+    for divisor in range(1, MAX_GRID_RATIO + 1):
+        step = steps.min() / divisor
+        multiples = np.rint(steps / step)
+        if np.allclose(steps, multiples * step, rtol=1e-6, atol=0):
+            break
     else:
-        raw = index.to_numpy(dtype=float) - float(index[0])
-    steps = np.diff(raw)
-    unit = float(np.median(steps)) if len(steps) else 1.0
-    return raw / (unit if unit > 0 else 1.0)
+        odd = steps[~np.isclose(steps, np.rint(steps / steps.min()) * steps.min(), rtol=1e-6, atol=0)][:3]
+        raise _irregular(where, f"steps of {odd.tolist()} share no common step with the smallest, {steps.min():g}")
+    slots = np.concatenate([[0], np.cumsum(multiples)]).astype(np.int64)
+    _check_density(len(index), int(slots[-1]) + 1, _step_name(step), where)
+    stamps = values[0] + step * np.arange(slots[-1] + 1)
+    stamps[slots] = values
+    if index.dtype.kind in "iu" and step == int(step):
+        return TimeGrid(int(step), pd.Index(stamps.astype(index.dtype), name=index.name), slots)
+    return TimeGrid(float(step), pd.Index(stamps, name=index.name), slots)
+
+
+def time_grid(index: pd.Index, where: str = "the series") -> TimeGrid:
+    """The regular grid of sorted, distinct time stamps (dates of any resolution or time zone, or
+    numbers). Grid stamps may be missing while the grid is at most ``MAX_GRID_RATIO`` times longer
+    than the stamps given; stamps that are not whole steps of one frequency are a ValueError that
+    says how to resample."""
+    if isinstance(index, pd.PeriodIndex):
+        index = index.to_timestamp()
+    if len(index) < 2:
+        return TimeGrid(None, index, np.arange(len(index)))
+    if isinstance(index, pd.DatetimeIndex):
+        return _datetime_grid(index, where)
+    if pd.api.types.is_numeric_dtype(index.dtype) and not pd.api.types.is_bool_dtype(index.dtype):
+        return _numeric_grid(index, where)
+    raise ValueError(
+        f"{where}: cannot use time stamps of type {index.dtype}; use a DatetimeIndex, a PeriodIndex, "
+        "a numeric index or a time_column of dates or numbers"
+    )
 
 
 def _numeric_values(frame: pd.DataFrame, columns: list[str], where: str) -> np.ndarray:
@@ -207,9 +359,14 @@ def _numeric_values(frame: pd.DataFrame, columns: list[str], where: str) -> np.n
             "mark missing values as empty/NaN, or set time_column/series_column if they hold times or ids"
         )
     values = np.column_stack([numeric[c].to_numpy(dtype=float, na_value=np.nan) for c in columns])
-    if np.isinf(values).any():
-        column = columns[int(np.flatnonzero(np.isinf(values).any(axis=0))[0])]
-        raise ValueError(f"{where}: column {column!r} holds infinite values; replace them with NaN to mark missing")
+    out_of_range = np.abs(values) > FLOAT32_MAX  # NaN compares False: it marks a missing value
+    if out_of_range.any():
+        row, k = (int(i[0]) for i in np.nonzero(out_of_range))
+        raise ValueError(
+            f"{where}: column {columns[k]!r} holds {values[row, k]:g} at row {frame.index[row]!r}, which is infinite "
+            f"or too large for the model (it computes in float32, up to +-{FLOAT32_MAX:.1e}); mark missing values "
+            "as empty/NaN and check the column's units"
+        )
     return values
 
 
@@ -222,7 +379,22 @@ def _series_of(frame: pd.DataFrame, name: str, columns: list[str], index: pd.Ind
     if not index.is_monotonic_increasing:
         order = np.argsort(index.to_numpy(), kind="stable")
         index, values = index[order], values[order]
-    return Series(name, index, _positions(index), values)
+    grid = time_grid(index, where)
+    if grid.missing:
+        warnings.warn(
+            f"{where}: {grid.missing} time stamps are missing from its regular grid (step {_step_name(grid.step)}); "
+            "they are imputed as gaps of every variable",
+            UserWarning,
+            stacklevel=3,
+        )
+        full = np.full((len(grid.stamps), values.shape[1]), np.nan)
+        full[grid.slots] = values
+        index, values = grid.stamps, full
+    return Series(name, index, np.arange(len(index), dtype=float), values)
+
+
+def _step_name(step) -> str:
+    return step.freqstr if isinstance(step, pd.offsets.BaseOffset) else f"{step:g}"
 
 
 def read_series(
