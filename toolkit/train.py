@@ -245,6 +245,7 @@ def callbacks(config: dict, run_dir: Path) -> list[L.Callback]:
             every_n_train_steps=config["checkpoint"]["every_n_steps"],
             save_top_k=-1,
             save_last=True,
+            enable_version_counter=False,  # a resumed run goes on writing its own last.ckpt
         ),
     ]
     if config["trainer"].get("enable_progress_bar", True):
