@@ -261,8 +261,14 @@ def run_folder(requested: Path, ckpt_path: str | None) -> tuple[Path, bool]:
 
     A resume of ``<run>/checkpoints/*.ckpt`` into ``<run>`` continues that folder; DDP processes
     other than rank 0 use rank 0's; any other run claims a fresh one (see ``claim_run_dir``)."""
-    if (_get_rank() or 0) > 0 and os.environ.get(RUN_DIR_ENV):
-        return Path(os.environ[RUN_DIR_ENV]), False
+    if (_get_rank() or 0) > 0:
+        if os.environ.get(RUN_DIR_ENV):
+            return Path(os.environ[RUN_DIR_ENV]), False
+        # Started by srun/torchrun: Lightning hands rank 0's folder to every rank (checkpoints, logs
+        # and previews are written by rank 0 only), so this rank claims nothing and leaves no folder.
+        with contextlib.suppress(OSError):
+            requested.rmdir()
+        return requested, False
     claim = own_checkpoint_run(ckpt_path) != requested.resolve()
     run_dir = claim_run_dir(requested) if claim else requested
     os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
