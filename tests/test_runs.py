@@ -171,6 +171,8 @@ CASES = {
     "misspelt key": (["trainer.max_stpes=5"], "trainer.max_stpes"),
     "unknown option": (["domain=imagez"], "domain/imagez"),
     "bad value": (["optim.lr=-1"], "optim.lr must be > 0"),
+    "unknown trainer argument": (["+trainer.foo=1"], "trainer.foo is not an argument"),
+    "bad trainer value (after the folder is claimed)": (["trainer.precision=17"], "Precision 17 is invalid"),
     "missing checkpoint": (["ckpt_path={d}/missing.ckpt"], "{d}/missing.ckpt does not exist"),
     "not a checkpoint": (["ckpt_path={d}/notes.ckpt"], "{d}/notes.ckpt is not a checkpoint"),
 }

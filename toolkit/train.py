@@ -9,6 +9,7 @@ Each run claims a folder of its own (``runs/<domain>/<time>``, ``_1``, ``_2``...
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import shutil
 import sys
@@ -256,6 +257,17 @@ def callbacks(config: dict, run_dir: Path) -> list[L.Callback]:
     return found
 
 
+def check_trainer_keys(trainer: dict) -> None:
+    """Every ``trainer.*`` key must be a Lightning Trainer argument (else Trainer raises a TypeError)."""
+    accepted = set(inspect.signature(L.Trainer.__init__).parameters) - {"self", "callbacks", "logger"}
+    unknown = sorted(set(trainer) - accepted)
+    if unknown:
+        raise ValueError(
+            f"trainer.{unknown[0]} is not an argument of Lightning's Trainer; "
+            "see python -m toolkit.train --help and Lightning's Trainer documentation"
+        )
+
+
 def run_folder(requested: Path, ckpt_path: str | None) -> tuple[Path, bool]:
     """(the folder this process writes to, whether it claimed it just now).
 
@@ -284,6 +296,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     config = OmegaConf.to_container(cfg, resolve=True)
     config.pop("hydra", None)
+    check_trainer_keys(config["trainer"])
     module = DiffusionModule(config)
     datamodule = module.domain.datamodule(config["data"]["batch_size"], config["data"]["num_workers"], cfg.seed)
     run_dir, claimed = run_folder(Path(run_dir), cfg.ckpt_path)
