@@ -133,6 +133,19 @@ def test_kill_9_and_resume_match_an_uninterrupted_run(tmp_path):
     assert list((killed / ".hydra").glob("overrides_resume_0.yaml"))
 
 
+def test_ctrl_c_before_the_first_checkpoint_keeps_the_folder_and_its_config(tmp_path):
+    run_dir = tmp_path / "run"
+    run = start(*TINY_TS, "trainer.max_steps=100000", "checkpoint.every_n_steps=100000", f"hydra.run.dir={run_dir}")
+    deadline = time.monotonic() + 600
+    while not (run_dir / "config.yaml").exists() and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    run.send_signal(signal.SIGINT)
+    output, _ = run.communicate(timeout=120)
+    assert OmegaConf.load(run_dir / "config.yaml").trainer.max_steps == 100000, output[-2000:]
+    assert not list(run_dir.glob("checkpoints/*.ckpt"))
+
+
 def test_resume_config_takes_the_checkpoint_and_only_the_given_keys(tmp_path):
     steps = ["trainer.max_steps=2", "trainer.val_check_interval=2", "checkpoint.every_n_steps=1", "seed=5"]
     last = train(compose_config([*TINY_TS, *steps]), tmp_path / "run")

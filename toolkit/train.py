@@ -103,11 +103,12 @@ def save_hydra_files(cfg: DictConfig, run_dir: Path) -> None:
 
 @contextlib.contextmanager
 def removed_on_error(run_dir: Path, remove: bool) -> Iterator[None]:
-    """Remove a freshly claimed run folder if the run fails before its first checkpoint."""
+    """Remove a freshly claimed run folder if the run fails with an error before its first
+    checkpoint. A run stopped by the user (Ctrl-C: Lightning exits) keeps its folder and config."""
     try:
         yield
-    except BaseException as error:
-        if remove and not isinstance(error, KeyboardInterrupt) and not any(run_dir.glob("checkpoints/*.ckpt")):
+    except Exception:
+        if remove and not any(run_dir.glob("checkpoints/*.ckpt")):
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
 
