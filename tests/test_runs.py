@@ -68,6 +68,15 @@ def test_claim_run_dir_gives_every_claimant_its_own_folder(tmp_path):
     assert not (foreign / ".hydra").exists()
 
 
+def test_train_from_python_uses_the_folder_it_is_given(tmp_path):
+    """Scripts (Imputer.fit, benchmarks) pick their folder and may put files there first."""
+    run_dir = tmp_path / "run"
+    (run_dir / "data").mkdir(parents=True)
+    steps = ["trainer.max_steps=1", "trainer.val_check_interval=1", "checkpoint.every_n_steps=1"]
+    assert train(compose_config([*TINY_TS, *steps]), run_dir) == run_dir / "checkpoints" / "last.ckpt"
+    assert [p.name for p in tmp_path.iterdir()] == ["run"] and (run_dir / "config.yaml").is_file()
+
+
 def test_two_runs_started_together_keep_two_complete_folders(tmp_path):
     """Both ask for the same folder at the same moment (a stronger clash than the same second)."""
     same = tmp_path / "runs" / "same"

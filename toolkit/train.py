@@ -269,11 +269,12 @@ def check_trainer_keys(trainer: dict) -> None:
         )
 
 
-def run_folder(requested: Path, ckpt_path: str | None) -> tuple[Path, bool]:
-    """(the folder this process writes to, whether it claimed it just now).
+def run_folder(requested: Path, ckpt_path: str | None, claim: bool) -> tuple[Path, bool]:
+    """(the folder this process writes to, whether this call made it).
 
-    A resume of ``<run>/checkpoints/*.ckpt`` into ``<run>`` continues that folder; DDP processes
-    other than rank 0 use rank 0's; any other run claims a fresh one (see ``claim_run_dir``)."""
+    With ``claim``, a new run claims a fresh folder (see ``claim_run_dir``) and a resume of
+    ``<run>/checkpoints/*.ckpt`` into ``<run>`` continues that folder; without, ``requested`` is
+    used as it is. DDP processes other than rank 0 use rank 0's folder."""
     if (_get_rank() or 0) > 0:
         if os.environ.get(RUN_DIR_ENV):
             return Path(os.environ[RUN_DIR_ENV]), False
@@ -282,27 +283,32 @@ def run_folder(requested: Path, ckpt_path: str | None) -> tuple[Path, bool]:
         with contextlib.suppress(OSError):
             requested.rmdir()
         return requested, False
-    claim = own_checkpoint_run(ckpt_path) != requested.resolve()
-    run_dir = claim_run_dir(requested) if claim else requested
+    if claim and own_checkpoint_run(ckpt_path) != requested.resolve():
+        run_dir, made = claim_run_dir(requested), True
+    else:
+        run_dir, made = requested, not requested.exists()
+        run_dir.mkdir(parents=True, exist_ok=True)
     os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
-    return run_dir, claim
+    return run_dir, made
 
 
-def train(cfg: DictConfig, run_dir: Path) -> Path:
-    """Train one run in ``run_dir`` (or the next free ``run_dir_1``...; a resume of a checkpoint
-    of ``run_dir`` continues it); returns the path of ``last.ckpt``.
+def train(cfg: DictConfig, run_dir: Path, claim: bool = False) -> Path:
+    """Train one run in ``run_dir``; returns the path of its ``last.ckpt``.
 
-    Config and data are checked before the folder is claimed, and a run that fails before its
-    first checkpoint removes the folder it claimed."""
+    ``claim`` (the CLI): a new run takes ``run_dir`` only if no other run holds it, else the next
+    free ``run_dir_1``, ``_2``...; a resume of a checkpoint of ``run_dir`` continues it. Without
+    (scripts that choose their folder), ``run_dir`` is used as given. Config and data are checked
+    before the folder is made, and a run that fails with an error before its first checkpoint
+    removes the folder it made. ``config.yaml`` is written at the start."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     config = OmegaConf.to_container(cfg, resolve=True)
     config.pop("hydra", None)
     check_trainer_keys(config["trainer"])
     module = DiffusionModule(config)
     datamodule = module.domain.datamodule(config["data"]["batch_size"], config["data"]["num_workers"], cfg.seed)
-    run_dir, claimed = run_folder(Path(run_dir), cfg.ckpt_path)
+    run_dir, made = run_folder(Path(run_dir), cfg.ckpt_path, claim)
     rank_zero = (_get_rank() or 0) == 0
-    with removed_on_error(run_dir, claimed and rank_zero):
+    with removed_on_error(run_dir, made and rank_zero):
         if rank_zero:
             save_hydra_files(cfg, run_dir)
             write_atomic(module.config, run_dir / "config.yaml")
@@ -344,7 +350,7 @@ def hydra_main(cfg: DictConfig) -> None:
     try:
         if cfg.ckpt_path:
             cfg = resume_config(cfg, hydra_cfg.overrides.task, list(hydra_cfg.runtime.choices))
-        last = train(cfg, requested)
+        last = train(cfg, requested, claim=True)
     except USER_ERRORS as error:
         with contextlib.suppress(OSError):
             requested.rmdir()  # the empty folder Hydra made before the run could check its data
