@@ -13,6 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 from toolkit import train as train_cli
+from toolkit.domains.data import ResumableLoader, TensorDictDataset
 from toolkit.train import claim_run_dir, compose_config, resume_config, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,6 +46,27 @@ def finish(process: subprocess.Popen, timeout: float = 600) -> str:
     output, _ = process.communicate(timeout=timeout)
     assert process.returncode == 0, output[-3000:]
     return output
+
+
+def test_resumable_loader_continues_the_epoch_and_the_next_ones():
+    def loader():
+        data = TensorDictDataset({"x": torch.arange(10)})
+        return ResumableLoader(data, batch_size=3, shuffle=True, generator=torch.Generator().manual_seed(0))
+
+    def epochs(source, n):
+        return [[b["x"].tolist() for b in source] for _ in range(n)]
+
+    whole = epochs(loader(), 3)
+    assert whole[0] != whole[1], "each epoch has its own order"
+    for consumed in (1, 4):  # mid-epoch, and at the end of the first epoch (4 batches an epoch)
+        first = loader()
+        iterator, seen = iter(first), []
+        for _ in range(consumed):
+            seen.append(next(iterator)["x"].tolist())
+        resumed = loader()
+        resumed.load_state_dict(first.state_dict())
+        rest = epochs(resumed, 3 if consumed < 4 else 2)
+        assert seen + [b for epoch in rest for b in epoch] == [b for epoch in whole for b in epoch]
 
 
 def test_claim_run_dir_gives_every_claimant_its_own_folder(tmp_path):
