@@ -36,7 +36,7 @@ from omegaconf.errors import OmegaConfBaseException
 from toolkit.module import DiffusionModule
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
-RUN_DIR_ENV = "TOOLKIT_RUN_DIR"  # rank 0's run folder, inherited by the DDP processes Lightning starts
+RUN_DIR_ENV = "TOOLKIT_RUN_DIR"  # "<pid>:<folder>" of rank 0, inherited by the DDP processes Lightning starts
 USER_ERRORS = (ValueError, OSError, HydraException, OmegaConfBaseException, MisconfigurationException)
 
 
@@ -276,8 +276,9 @@ def run_folder(requested: Path, ckpt_path: str | None, claim: bool) -> tuple[Pat
     ``<run>/checkpoints/*.ckpt`` into ``<run>`` continues that folder; without, ``requested`` is
     used as it is. DDP processes other than rank 0 use rank 0's folder."""
     if (_get_rank() or 0) > 0:
-        if os.environ.get(RUN_DIR_ENV):
-            return Path(os.environ[RUN_DIR_ENV]), False
+        parent, _, shared = os.environ.get(RUN_DIR_ENV, "").partition(":")
+        if parent == str(os.getppid()):  # started by rank 0 (Lightning's DDP launcher), not a stale value
+            return Path(shared), False
         # Started by srun/torchrun: Lightning hands rank 0's folder to every rank (checkpoints, logs
         # and previews are written by rank 0 only), so this rank claims nothing and leaves no folder.
         with contextlib.suppress(OSError):
@@ -288,7 +289,7 @@ def run_folder(requested: Path, ckpt_path: str | None, claim: bool) -> tuple[Pat
     else:
         run_dir, made = requested, not requested.exists()
         run_dir.mkdir(parents=True, exist_ok=True)
-    os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
+    os.environ[RUN_DIR_ENV] = f"{os.getpid()}:{run_dir.resolve()}"
     return run_dir, made
 
 
