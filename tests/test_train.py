@@ -1,6 +1,7 @@
 """Training, resuming, checkpoints, the sample CLI and config errors, on tiny image runs."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from hydra.errors import ConfigCompositionException
 from PIL import Image
 
 from toolkit import sample
+from toolkit import train as train_cli
 from toolkit.module import load_module
 from toolkit.train import CONF_DIR, train
 
@@ -71,6 +73,24 @@ def test_resume_continues_from_the_checkpoint(trained, tmp_path):
     _, last = trained
     resumed = train(config(f"ckpt_path={last}", "trainer.max_steps=6"), tmp_path)
     assert torch.load(resumed, weights_only=True)["global_step"] == 6
+
+
+def test_cli_resume_takes_the_runs_own_config_and_folder(trained, tmp_path, monkeypatch):
+    """README's form: only ckpt_path and the keys to change; no domain, no net sizes repeated."""
+    run = shutil.copytree(trained[0], tmp_path / "runs" / "image" / "2026-01-01_00-00-00")
+    monkeypatch.setattr(sys, "argv", ["train", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "trainer.max_steps=6"])
+    train_cli.main()
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
+    assert (run / "checkpoints" / "step_000006.ckpt").is_file(), "the run's own checkpoint.every_n_steps=2"
+    assert [p.name for p in run.parent.iterdir()] == [run.name], "no new run folder"
+    saved = load_module(run / "checkpoints" / "last.ckpt").config
+    assert saved["trainer"]["max_steps"] == 6 and saved["domain"]["net"]["base_channels"] == 16
+    assert (run / "logs" / "version_1").is_dir() and sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "last.ckpt",
+        "step_000002.ckpt",
+        "step_000004.ckpt",
+        "step_000006.ckpt",
+    ]
 
 
 def test_sample_cli_is_deterministic(trained, tmp_path):
@@ -156,6 +176,8 @@ def test_ddp_with_two_processes(tmp_path):
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert [p.name for p in tmp_path.parent.iterdir() if p.name.startswith(tmp_path.name)] == [tmp_path.name]
+    assert [p.name for p in (tmp_path / "logs").iterdir()] == ["version_0"], "both ranks wrote into one run"
     assert "world_size: 2" in result.stderr + result.stdout or "distributed_backend=gloo" in result.stderr
     module = load_module(tmp_path / "checkpoints" / "last.ckpt")
     assert module.generate(2, seed=0, steps=2)["x"].shape == (2, 1, 16, 16)

@@ -202,14 +202,11 @@ def _to(value, device):
     return value
 
 
-def load_module(path: str | Path, map_location: str = "cpu") -> DiffusionModule:
-    """A trained module from a checkpoint, with the averaged (EMA) weights that Lightning's
-    weight-averaging callback stores as the checkpoint's ``state_dict``.
-
-    The file is read with ``weights_only=True``. A missing file raises FileNotFoundError; an empty
-    file, one that is not a PyTorch file, a PyTorch file that is not a toolkit checkpoint, and weights
-    that do not fit the config stored with them raise ValueError naming the file.
-    """
+def read_checkpoint(path: str | Path) -> dict:
+    """A toolkit checkpoint's contents, read with ``weights_only=True``. A missing file raises
+    FileNotFoundError; a folder, an empty file, one that is not a PyTorch file and a PyTorch file that
+    is not a toolkit checkpoint (no ``hyper_parameters.config`` and ``state_dict``) raise ValueError
+    naming the file."""
     path = Path(path)
     if path.is_dir():
         example = path / "checkpoints" / "last.ckpt"
@@ -241,6 +238,15 @@ def load_module(path: str | Path, map_location: str = "cpu") -> DiffusionModule:
             f"{path} is a PyTorch file but not a toolkit checkpoint (no hyper_parameters.config and state_dict); "
             "pass a .ckpt from a run's checkpoints/ folder"
         )
+    return checkpoint
+
+
+def load_module(path: str | Path, map_location: str = "cpu") -> DiffusionModule:
+    """A trained module from a checkpoint (read by ``read_checkpoint``), with the averaged (EMA)
+    weights that Lightning's weight-averaging callback stores as the checkpoint's ``state_dict``.
+    Weights that do not fit the config stored with them raise ValueError naming the file."""
+    checkpoint = read_checkpoint(path)
+    config = checkpoint[DiffusionModule.CHECKPOINT_HYPER_PARAMS_KEY]["config"]
     try:
         module = DiffusionModule(config)
     except KeyError as error:

@@ -1,5 +1,6 @@
-"""In-memory data sets shared by the domains: a fixed train/validation split and a
-LightningDataModule over dicts of equally long tensors (the batch format of every domain)."""
+"""In-memory data sets shared by the domains: a fixed train/validation split, a LightningDataModule
+over dicts of equally long tensors (the batch format of every domain) and the training loader
+that resumes mid-epoch with the same batches."""
 
 from __future__ import annotations
 
@@ -18,6 +19,45 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[Tensor, Tenso
         n_val = min(max(n_val, 1), n - 1)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return order[n_val:].sort().values, order[:n_val].sort().values
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader whose place in the epoch travels with Lightning's checkpoints.
+
+    Lightning saves ``state_dict()`` of a training loader in each checkpoint and hands it back to
+    ``load_state_dict`` on resume. The state is the shuffling generator's state when the epoch's
+    iterator was created and the number of batches served since, so a resumed run replays the
+    same permutation and skips what was already trained on: the same batches in the same order as
+    a run that was never stopped.
+    """
+
+    _epoch_start: Tensor | None = None
+    _served = 0
+    _resume: dict | None = None
+
+    def __iter__(self):
+        resume, self._resume = self._resume, None
+        if resume is not None and self.generator is not None and resume["generator"] is not None:
+            self.generator.set_state(resume["generator"])
+        self._epoch_start = None if self.generator is None else self.generator.get_state()
+        self._served = 0
+        return self._serve(super().__iter__(), resume["batches"] if resume else 0)
+
+    def _serve(self, iterator, skip: int):
+        for batch in iterator:
+            self._served += 1
+            if self._served > skip:
+                yield batch
+
+    def state_dict(self) -> dict:
+        if self._served >= len(self) or self._epoch_start is None:
+            # The epoch is over (or has not begun): the next epoch starts from the generator as it is.
+            current = None if self.generator is None else self.generator.get_state()
+            return {"generator": current, "batches": 0}
+        return {"generator": self._epoch_start, "batches": self._served}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume = state
 
 
 class TensorDictDataset(Dataset):
@@ -53,7 +93,7 @@ class TensorDictDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
 
     def loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(
+        return (ResumableLoader if shuffle else DataLoader)(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,

@@ -48,6 +48,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from toolkit import viz
 from toolkit.domains.base import GRID_FILE, SAMPLES_FILE, STRIP_FILE, Domain
+from toolkit.domains.data import ResumableLoader
 
 SUPPORTED_FORMATS = (".obj", ".ply", ".stl", ".off", ".glb")
 COMPANION_FILES = (
@@ -489,7 +490,7 @@ class PointCloudDataModule(L.LightningDataModule):
         self.val_set = PointSetDataset(self.domain.split("val"), with_labels)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(
+        return ResumableLoader(
             self.train_set,
             batch_size=self.batch_size,
             shuffle=True,

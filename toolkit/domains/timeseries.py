@@ -51,6 +51,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from toolkit.domains.base import Domain, TrainingBatch
+from toolkit.domains.data import ResumableLoader
 
 SOURCES = ("co2", "macrodata", "synthetic", "path")
 MASK_STRATEGIES = ("random", "historical", "block")
@@ -780,7 +781,7 @@ class WindowDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(
+        return ResumableLoader(
             self.train,
             batch_size=self.batch_size,
             shuffle=True,
