@@ -617,7 +617,7 @@ def test_save_writes_csv_npz_and_previews(tmp_path):
         mask=example["cond_mask"],
         time_pos=example["time_pos"],
     )
-    assert {p.name for p in paths} == {"windows.csv", "samples.npz", "preview.png", "progression.png"}
+    assert {p.name for p in paths} == {"windows.csv", "samples.npz", "grid.png", "strip.png"}
     table = pd.read_csv(tmp_path / "windows.csv")
     assert len(table) == 2 * 16
     assert {"window", "step", "time_pos", "x0", "x0_q05", "x0_q95", "x0_observed"} <= set(table.columns)
@@ -625,7 +625,7 @@ def test_save_writes_csv_npz_and_previews(tmp_path):
     np.testing.assert_allclose(table["x1"].to_numpy(), np.median(domain.decode(samples), 0)[:, 1].reshape(-1))
     stored = np.load(tmp_path / "samples.npz")
     assert stored["values"].shape == (5, 2, 4, 16) and list(stored["columns"]) == domain.columns
-    for name in ("preview.png", "progression.png"):
+    for name in ("grid.png", "strip.png"):
         with Image.open(tmp_path / name) as image:
             assert image.size[0] > 100 and image.size[1] > 100
 

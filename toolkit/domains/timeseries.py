@@ -50,7 +50,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from toolkit.domains.base import Domain, TrainingBatch
+from toolkit.domains.base import GRID_FILE, SAMPLES_FILE, STRIP_FILE, Domain, TrainingBatch
 from toolkit.domains.data import ResumableLoader
 
 SOURCES = ("co2", "macrodata", "synthetic", "path")
@@ -999,7 +999,8 @@ class TimeSeriesDomain(Domain):
         """Write ``windows.csv`` (one row per window and step: the median per variable, with
         ``<var>_q05``/``<var>_q95`` when ``x`` holds several samples per window [S, N, K, L] and
         ``<var>_observed`` when ``mask`` is given), ``samples.npz`` (every sample in data units and
-        in model space, seeds, columns), ``preview.png`` and, with a trajectory, ``progression.png``."""
+        in model space, seeds, columns), ``grid.png`` (the windows) and, with a trajectory, ``strip.png``
+        (file names shared by every domain)."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         samples = x if x.ndim == 4 else x[None]
@@ -1025,7 +1026,7 @@ class TimeSeriesDomain(Domain):
                 table[f"{column}_q95"] = quantiles[1, :, k].reshape(-1)
             if observed_flags is not None:
                 table[f"{column}_observed"] = observed_flags[:, k].reshape(-1).astype(int)
-        paths = [out_dir / "windows.csv", out_dir / "samples.npz"]
+        paths = [out_dir / "windows.csv", out_dir / SAMPLES_FILE]
         pd.DataFrame(table).to_csv(paths[0], index=False)
         np.savez(
             paths[1],
@@ -1034,9 +1035,9 @@ class TimeSeriesDomain(Domain):
             seeds=np.asarray(seeds),
             columns=np.asarray(self.columns),
         )
-        paths.append(self.preview(samples, out_dir / "preview.png", observed=observed, mask=mask, time_pos=time_pos))
+        paths.append(self.preview(samples, out_dir / GRID_FILE, observed=observed, mask=mask, time_pos=time_pos))
         if trajectory is not None:
-            paths.append(self.progression(trajectory, out_dir / "progression.png"))
+            paths.append(self.progression(trajectory, out_dir / STRIP_FILE))
         return paths
 
     def progression(self, trajectory: Tensor, path: Path) -> Path:
