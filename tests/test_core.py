@@ -59,6 +59,28 @@ def test_schedule_is_variance_preserving_and_monotone(name, zero_terminal_snr):
     assert torch.isclose(sched.t_from_logsnr(lam[500]), t[500], atol=1e-9)
 
 
+@pytest.mark.parametrize("name", SCHEDULES)
+@pytest.mark.parametrize("zero_terminal_snr", [False, True])
+def test_closed_form_inverse_of_logsnr_matches_bisection(name, zero_terminal_snr):
+    sched = schedule.get(name, zero_terminal_snr=zero_terminal_snr)
+    t = torch.linspace(0, 1, 401, dtype=torch.float64)[1:-1]
+    lam = sched.logsnr(t)
+    inside = (lam > schedule.LOGSNR_MIN) & (lam < schedule.LOGSNR_MAX)  # not on a clipped plateau
+    closed = sched.t_from_logsnr(lam)
+    bisection = schedule.Schedule.t_from_logsnr(_NoClosedForm(sched), lam)
+    assert sched._t_from_logsnr(lam) is not None  # the closed form is used, not the fallback
+    torch.testing.assert_close(closed[inside], bisection[inside], atol=1e-9, rtol=0)
+    torch.testing.assert_close(closed[inside], t[inside], atol=1e-9, rtol=0)
+
+
+class _NoClosedForm(schedule.Schedule):
+    """A schedule's logSNR without its closed-form inverse: what the bisection fallback sees."""
+
+    def __init__(self, inner):
+        super().__init__(inner.zero_terminal_snr)
+        self._logsnr = inner._logsnr
+
+
 def test_schedules_match_their_definitions():
     t = torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)
     alpha, _ = schedule.get("linear").alpha_sigma(t)
@@ -252,6 +274,31 @@ def test_seeds_make_samples_independent_of_the_batch(method):
     assert not torch.equal(sampler.sample(D, (6, 16), sched, method, 8, seed=12), batch)
     with pytest.raises(ValueError, match="one seed per sample"):
         sampler.sample(D, (6, 16), sched, method, 8, seed=[1, 2])
+
+
+def test_noise_is_standard_normal_and_per_sample():
+    """The counter-based noise: standard normal (moments, tails, quantiles), independent between
+    draws, elements and seeds, and each sample's values the same in any batch, shape position or dtype."""
+    source = sampler.NoiseSource(range(400), (500,), "cpu", torch.float32)
+    first, second = source(), source()
+    z = first.double().flatten()
+    assert abs(float(z.mean())) < 0.005 and abs(float(z.std()) - 1) < 0.005
+    assert abs(float((z**4).mean()) - 3) < 0.05 and abs(float((z**3).mean())) < 0.02
+    for q in (0.001, 0.025, 0.5, 0.975, 0.999):
+        expected = float(torch.special.ndtri(torch.tensor(q, dtype=torch.float64)))
+        assert abs(float(z.quantile(q)) - expected) < 0.02 + 0.03 * abs(expected), q
+    assert torch.corrcoef(torch.stack([first.flatten(), second.flatten()]))[0, 1].abs() < 0.01
+    assert torch.corrcoef(torch.stack([first[:, :-1].flatten(), first[:, 1:].flatten()]))[0, 1].abs() < 0.01
+    assert torch.corrcoef(torch.stack([first[:-1].flatten(), first[1:].flatten()]))[0, 1].abs() < 0.01
+    odd = (37, 3)  # element counts that do not fill a vector register: the same values either way
+    alone = sampler.NoiseSource([14], odd, "cpu", torch.float64)
+    batch = sampler.NoiseSource([3, 99, 14, 2**40, -5], odd, "cpu", torch.float64)
+    for _ in range(3):
+        one, many = alone(), batch()
+        assert torch.equal(one[0], many[2])
+    as_float32 = sampler.NoiseSource([14], odd, "cpu", torch.float32)()
+    assert torch.equal(as_float32.double(), sampler.NoiseSource([14], odd, "cpu", torch.float64)())
+    assert not torch.equal(many[0], many[1])
 
 
 def test_bad_arguments():
