@@ -1,6 +1,7 @@
 """The diffusion core proven against exact denoisers of Gaussian mixtures: no training involved."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from toolkit.core.denoiser import Denoiser, target_of, x0_from
 from toolkit.core.mixture import GaussianMixture
 
 SCHEDULES = ["linear", "cosine", "sigmoid", "edm"]
-METHODS = ["ddpm", "ddim", "dpmpp_2m", "heun", "euler"]
+METHODS = list(sampler.SAMPLERS)
 N = 3000
 
 
@@ -157,6 +158,89 @@ def test_dpmpp_2m_at_20_beats_ddim_at_50():
     # Second order: doubling the steps cuts dpmpp_2m's error by well over the first-order 2x.
     assert ode_error(gm, "dpmpp_2m", 40, sched, ref) < e_dpm20 / 3
     assert ode_error(gm, "ddim", 100, sched, ref) > e_ddim50 / 3
+
+
+# Measured slopes of log error against log steps from 10 to 160 steps on the 2-D mixture, with
+# the margin of the assertion (median per-sample distance to a converged solution from the same
+# noise). UniPC of order p reaches p + 1 with its corrector; dpmpp_3m's first (first-order) step
+# caps its asymptotic slope at 2, while it converges like a third-order method up to 40 steps.
+ORDERS = {
+    "ddim": 0.9,
+    "euler": 0.9,
+    "heun": 1.9,
+    "dpmpp_2m": 1.9,
+    "dpmpp_3m": 1.7,
+    ("unipc", 1): 1.9,
+    ("unipc", 2): 2.7,
+    ("unipc", 3): 3.0,
+}
+
+
+@pytest.fixture(scope="module")
+def converged():
+    gm = GaussianMixture.random(2, components=3, seed=2)
+    sched = schedule.get("cosine")
+    D = gm.denoiser(sched)
+    ref = sampler.sample(D, (300, 2), sched, "unipc", 1000, seed=3, dtype=torch.float64, spacing="logsnr", order=3)
+    return gm, sched, ref
+
+
+@pytest.mark.parametrize("method", list(ORDERS), ids=str)
+def test_order_of_convergence(converged, method):
+    gm, sched, ref = converged
+    name, options = (method[0], {"order": method[1]}) if isinstance(method, tuple) else (method, {})
+    steps = [20, 40, 80, 160]
+    errors = []
+    for n in steps:
+        x = sampler.sample(
+            gm.denoiser(sched), ref.shape, sched, name, n, seed=3, dtype=torch.float64, spacing="logsnr", **options
+        )
+        errors.append(float((x - ref).norm(dim=1).median()))
+    slope = -torch.tensor(errors).log().diff().mean() / math.log(2)
+    assert slope > ORDERS[method], (errors, float(slope))
+    if ORDERS[method] < 1.5:
+        assert slope < 1.5  # a first-order method is measured as one
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_no_sampler_diverges_at_few_steps(name):
+    """Every method at 3-9 steps on every schedule, in its default spacing: finite, and far closer
+    to the mixture than the noise it starts from (Heun on Karras steps used to reach FD 4000)."""
+    from toolkit.core.mixture import frechet_distance
+
+    sched = schedule.get(name)
+    for dim in (2, 16):
+        gm = GaussianMixture.random(dim, components=3, seed=dim)
+        start = frechet_distance(sampler.NoiseSource(range(400), (dim,), "cpu", torch.float64)(), gm.mean(), gm.cov())
+        for method in METHODS:
+            for steps in range(3, 10):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    x = sampler.sample(
+                        gm.denoiser(sched), (400, dim), sched, method, steps, seed=0, dtype=torch.float64
+                    )
+                fd = frechet_distance(x, gm.mean(), gm.cov()) if torch.isfinite(x).all() else math.inf
+                assert fd < 0.4 * start, (method, dim, steps, fd, start)
+
+
+def test_few_steps_warn_with_advice():
+    gm = GaussianMixture.random(2, components=3, seed=2)
+    sched = schedule.get("cosine")
+    with pytest.warns(UserWarning, match="ddpm with 5 steps is inaccurate.*unipc"):
+        sampler.sample(gm.denoiser(sched), (4, 2), sched, "ddpm", 5)
+    with pytest.warns(UserWarning, match="unipc with 5 steps"):
+        sampler.sample(gm.denoiser(sched), (4, 2), sched, "unipc", 5, order=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sampler.sample(gm.denoiser(sched), (4, 2), sched, "unipc", 5)
+        sampler.sample(gm.denoiser(sched), (4, 2), sched, "dpmpp_2m", 3)
+
+
+def test_unipc_options_are_checked():
+    with pytest.raises(ValueError, match="variant"):
+        sampler.sample(lambda x, t: x, (2, 2), "cosine", "unipc", 5, variant="bh3")
+    with pytest.raises(ValueError, match="order"):
+        sampler.sample(lambda x, t: x, (2, 2), "cosine", "unipc", 5, order=4)
 
 
 # --- guidance, known region, strength, trajectories, seeds ------------------------------

@@ -189,13 +189,20 @@ SAMPLING_SIGMA_MAX = 80.0
 SPACINGS = ("uniform", "logsnr", "karras")
 
 
-def timesteps(sched: Schedule, steps: int, spacing: str = "uniform", t_start: float = 1.0, rho: float = 7.0) -> Tensor:
+def timesteps(
+    sched: Schedule,
+    steps: int,
+    spacing: str = "uniform",
+    t_start: float = 1.0,
+    rho: float = 7.0,
+    sigma_min: float = SAMPLING_SIGMA_MIN,
+) -> Tensor:
     """``steps + 1`` decreasing times from ``t_start`` to 0 (float64).
 
     The last time, 0, stands for clean data: samplers finish with a step to sigma = 0.
     - ``uniform``: equally spaced in t.
-    - ``logsnr``: equally spaced in logSNR (DPM-Solver's choice), down to SAMPLING_SIGMA_MIN.
-    - ``karras``: EDM's rho-spacing of the noise level s = exp(-logsnr / 2).
+    - ``logsnr``: equally spaced in logSNR (DPM-Solver's choice), down to noise level ``sigma_min``.
+    - ``karras``: EDM's rho-spacing of the noise level s = exp(-logsnr / 2), down to ``sigma_min``.
     The last two start at noise level SAMPLING_SIGMA_MAX when ``t_start`` is noisier than that,
     as EDM does: the data's share there (alpha = 0.0125) is below what steps can resolve.
     """
@@ -207,7 +214,9 @@ def timesteps(sched: Schedule, steps: int, spacing: str = "uniform", t_start: fl
         return torch.linspace(t_start, 0.0, steps + 1, dtype=torch.float64)
     if spacing not in SPACINGS:
         raise ValueError(f"unknown spacing {spacing!r}; choose one of {SPACINGS}")
-    lam_hi = min(float(sched.logsnr(torch.tensor(0.0, dtype=torch.float64))), -2 * math.log(SAMPLING_SIGMA_MIN))
+    if not 0.0 < sigma_min < SAMPLING_SIGMA_MAX:
+        raise ValueError(f"sigma_min must be in (0, {SAMPLING_SIGMA_MAX}), got {sigma_min}")
+    lam_hi = min(float(sched.logsnr(torch.tensor(0.0, dtype=torch.float64))), -2 * math.log(sigma_min))
     lam_start = float(sched.logsnr(torch.tensor(t_start, dtype=torch.float64)))
     lam_lo = max(lam_start, -2 * math.log(SAMPLING_SIGMA_MAX))
     if spacing == "logsnr":
