@@ -31,14 +31,46 @@ class Grid:
     sigma: list[float]
 
     @classmethod
-    def make(cls, sched: Schedule, steps: int, spacing: str, t_start: float, sigma_min: float | None = None) -> Grid:
-        ts = schedules.timesteps(sched, steps, spacing, t_start, sigma_min=sigma_min or schedules.SAMPLING_SIGMA_MIN)
+    def make(
+        cls,
+        sched: Schedule,
+        steps: int,
+        spacing: str,
+        t_start: float,
+        sigma_min: float | None = None,
+        times: Sequence[float] | None = None,
+    ) -> Grid:
+        """The grid of a named spacing, or of explicit ``times`` with ``spacing="tuned"``."""
+        if spacing == "tuned":
+            ts = _tuned_times(times, steps, t_start)
+        elif times is not None:
+            raise ValueError(f"times are for spacing='tuned', not spacing={spacing!r}")
+        else:
+            ts = schedules.timesteps(
+                sched, steps, spacing, t_start, sigma_min=sigma_min or schedules.SAMPLING_SIGMA_MIN
+            )
         alpha, sigma = sched.alpha_sigma(ts)
         alpha[-1], sigma[-1] = 1.0, 0.0
         return cls(ts.tolist(), alpha.tolist(), sigma.tolist())
 
     def __len__(self) -> int:
         return len(self.t)
+
+
+def _tuned_times(times: Sequence[float] | None, steps: int, t_start: float) -> Tensor:
+    if times is None:
+        raise ValueError(
+            "spacing='tuned' needs times=[...], a grid from toolkit.core.tune (python -m toolkit.tune_steps "
+            "ckpt=... nfe=...; load it with toolkit.core.tune.load_grid(path, method, steps))"
+        )
+    ts = torch.as_tensor([float(v) for v in times], dtype=torch.float64)
+    if len(ts) != steps + 1:
+        raise ValueError(f"a tuned grid of {len(ts)} times makes {len(ts) - 1} steps, not steps={steps}")
+    if ts[-1] != 0 or not (ts.diff() < 0).all() or ts[0] > 1:
+        raise ValueError("tuned times must decrease from at most 1 to exactly 0")
+    if t_start < 1.0:
+        raise ValueError("a tuned grid starts from noise: strength must be 1 (image-to-image uses a named spacing)")
+    return ts
 
 
 @dataclass
@@ -362,6 +394,7 @@ def sample(
     strength: float = 1.0,
     spacing: str | None = None,
     sigma_min: float | None = None,
+    times: Sequence[float] | None = None,
     trajectory_every: int = 0,
     progress: bool = False,
     device: torch.device | str | None = None,
@@ -383,6 +416,7 @@ def sample(
     - ``spacing``: ``uniform``, ``logsnr`` or ``karras``, with ``sigma_min`` the noise level of the
       last evaluation before the final step to clean data; by default the method's own
       (``DEFAULT_SPACING``, ``DEFAULT_SIGMA_MIN``). Few steps for a method that needs more warn.
+      ``tuned`` with ``times``: an explicit grid (``toolkit.core.tune``), steps + 1 times down to 0.
     - ``trajectory_every=k``: also return a ``Trajectory`` of x_t and x0_hat every k steps
       (and the final result), to watch noise turn into a result.
     - ``method_options``: e.g. ``eta`` for ddim.
@@ -403,10 +437,13 @@ def sample(
         raise ValueError("guidance needs uncond, the unconditional (or negative) conditioning")
     device = torch.device(device) if device is not None else _infer_device(cond, x_init, known_values)
     noise = NoiseSource(seeds_for(seed, n), shape[1:], device, dtype)
-    _warn_few_steps(method, steps, method_options)
+    if spacing is None and times is not None:
+        spacing = "tuned"
+    if spacing != "tuned":  # a tuned grid is the remedy the warning would suggest
+        _warn_few_steps(method, steps, method_options)
     if spacing is None:
         spacing, sigma_min = DEFAULT_SPACING[method], sigma_min or DEFAULT_SIGMA_MIN.get(method)
-    grid = Grid.make(sched, steps, spacing, strength, sigma_min)
+    grid = Grid.make(sched, steps, spacing, strength, sigma_min, times)
     mask = _as_batch(known_mask, shape, "known_mask", device, dtype)
     known = _as_batch(known_values, shape, "known_values", device, dtype)
     x_init = _as_batch(x_init, shape, "x_init", device, dtype)
