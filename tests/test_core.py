@@ -154,10 +154,7 @@ def test_dpmpp_2m_at_20_beats_ddim_at_50():
     sched = schedule.get("cosine")
     ref = sampler.sample(gm.denoiser(sched), (1000, 16), sched, "heun", 500, seed=3, dtype=torch.float64)
     e_dpm20, e_ddim50 = ode_error(gm, "dpmpp_2m", 20, sched, ref), ode_error(gm, "ddim", 50, sched, ref)
-    assert e_dpm20 <= e_ddim50, (e_dpm20, e_ddim50)
-    # Second order: doubling the steps cuts dpmpp_2m's error by well over the first-order 2x.
-    assert ode_error(gm, "dpmpp_2m", 40, sched, ref) < e_dpm20 / 3
-    assert ode_error(gm, "ddim", 100, sched, ref) > e_ddim50 / 3
+    assert e_dpm20 <= e_ddim50, (e_dpm20, e_ddim50)  # orders themselves: test_order_of_convergence
 
 
 # Measured slopes of log error against log steps from 10 to 160 steps on the 2-D mixture, with
