@@ -323,8 +323,7 @@ def measure_cell(
 
 def default_label(method: str) -> str:
     """The default spacing of ``method``, with its last noise level where that is not 0.002."""
-    sigma_min = sampler.DEFAULT_SIGMA_MIN.get(method)
-    return sampler.DEFAULT_SPACING[method] + (f" to {sigma_min:g}" if sigma_min else "")
+    return sampler.DEFAULT_SPACING[method] + (" to s(N)" if method in sampler.DEFAULT_SIGMA_MIN else "")
 
 
 def tuned_cell(method: str, nfe: int, gm: GaussianMixture, sched, n: int, dim: int) -> Cell:
@@ -498,7 +497,7 @@ def our_timing(method: str, shape: Sequence[int], steps: int = OVERHEAD_STEPS, r
 
     def prepare() -> tuple:
         grid = sampler.Grid.make(
-            sched, steps, sampler.DEFAULT_SPACING[method], 1.0, sampler.DEFAULT_SIGMA_MIN.get(method)
+            sched, steps, sampler.DEFAULT_SPACING[method], 1.0, sampler.default_sigma_min(method, steps)
         )
         noise = sampler.NoiseSource(seeds, shape[1:], "cpu", torch.float32)
         return grid, noise, noise()
@@ -729,7 +728,8 @@ def report(results: Sequence[DimResult], nfes: Sequence[int], cost: Overhead | N
         "E[x0 | x_t] for everyone, the same initial noise for everyone (seeds 0..N-1, diffusers' copy "
         "scaled by `init_noise_sigma`). Ours: schedule `linear` (DDPM's betas in continuous time), "
         f"default spacings {dict((m, default_label(m)) for m in sampler.SAMPLERS)} (`to s`: the last "
-        "evaluation at noise level s, else 0.002); `tuned`: a grid from `toolkit.core.tune` tuned for "
+        "evaluation at noise level s(N) = 0.05 min(1, (10/N)^2), at least 0.002, for N steps, else at "
+        "0.002); `tuned`: a grid from `toolkit.core.tune` tuned for "
         f"that NFE on {TUNE_DRAWS} other noise draws (seed {TUNE_SEED}), up to {TUNED_MAX_NFE} NFE. "
         "diffusers: DDPM's linear betas "
         '1e-4..0.02 over 1000 steps, `prediction_type="sample"` (x0: no division by alpha), DDIM with '

@@ -77,7 +77,7 @@ def test_cli_writes_the_report(bench, tmp_path):
     assert "pip install -e" in text and "## Findings" in text and "## Overhead" not in text
     for name in [*bench.SAMPLERS, *bench.SHORT_NAMES.values()]:
         assert name in text
-    heun_row = next(line for line in text.splitlines() if line.startswith("| ours: heun, logsnr to 0.05 |"))
+    heun_row = next(line for line in text.splitlines() if line.startswith("| ours: heun, logsnr to s(N) |"))
     assert "(9)" in heun_row  # 10 NFE is not reachable: Heun reports the 9 it made
     tuned_row = next(line for line in text.splitlines() if line.startswith("| ours: unipc, tuned |"))
     assert "skipped" not in tuned_row and "nan" not in tuned_row

@@ -278,6 +278,25 @@ def test_guidance(mixture):
     assert (strong.mean(0) - unconditional.mean(0)) @ direction > 1.05 * (direction @ direction)
 
 
+@pytest.mark.parametrize("method", ["dpmpp_3m", "unipc", "heun"])
+def test_new_samplers_take_guidance_strength_and_trajectories(mixture, method):
+    sched, n = schedule.get("cosine"), 200
+    D = conditional_denoiser(mixture, sched)
+    cond, uncond = {"label": torch.zeros(n, dtype=torch.long)}, {"label": torch.full((n,), 3)}
+    args = ((n, mixture.dim), sched, method, 10)
+    conditional = sampler.sample(D, *args, seed=0, cond=cond)
+    torch.testing.assert_close(sampler.sample(D, *args, seed=0, cond=cond, guidance=1.0, uncond=uncond), conditional)
+    strong = sampler.sample(D, *args, seed=0, cond=cond, guidance=3.0, uncond=uncond)
+    assert not torch.allclose(strong, conditional)
+    x_init, _ = mixture.sample(n, torch.Generator().manual_seed(1))
+    plain = mixture.denoiser(sched)
+    near = sampler.sample(plain, *args, seed=0, x_init=x_init.float(), strength=0.05)
+    far = sampler.sample(plain, *args, seed=0)
+    assert float((near - x_init).norm(dim=1).mean()) < 0.25 * float((far - x_init).norm(dim=1).mean())
+    x, traj = sampler.sample(D, *args, seed=0, cond=cond, trajectory_every=3)
+    assert torch.equal(x, conditional) and traj.x_t.shape == (5, n, mixture.dim)
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_known_region_comes_back_exactly(mixture, method):
     sched, n, d = schedule.get("cosine"), 64, mixture.dim

@@ -328,8 +328,9 @@ SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "unipc": unipc,
 }
 # Defaults chosen by measurement on the exact mixtures (benchmarks/results/samplers.md): the
-# multistep and Heun samplers step uniformly in logSNR and make their last evaluation at noise
-# level 0.05 (below it the clean estimate barely changes, and the steps are better spent higher up).
+# multistep and Heun samplers step uniformly in logSNR, and with few steps make their last
+# evaluation at a higher noise level (0.05 up to 10 steps, then 0.05 (10/steps)^2 down to 0.002):
+# below it the clean estimate barely changes, and few steps are better spent higher up.
 DEFAULT_SPACING = {
     "ddpm": "uniform",
     "ddim": "uniform",
@@ -340,6 +341,14 @@ DEFAULT_SPACING = {
     "unipc": "logsnr",
 }
 DEFAULT_SIGMA_MIN = {"dpmpp_2m": 0.05, "heun": 0.05, "dpmpp_3m": 0.05, "unipc": 0.05}
+
+
+def default_sigma_min(method: str, steps: int) -> float | None:
+    """The last noise level of ``method``'s default grid at ``steps`` steps (None: 0.002)."""
+    top = DEFAULT_SIGMA_MIN.get(method)
+    return None if top is None else max(schedules.SAMPLING_SIGMA_MIN, top * min(1.0, (10 / steps) ** 2))
+
+
 # Below these step counts a method's error on the mixtures is several times that of the best
 # method at the same number of evaluations: sample() warns with the advice.
 FEW_STEPS = {
@@ -415,7 +424,7 @@ def sample(
       (image-to-image); strength 1 ignores x_init's content.
     - ``spacing``: ``uniform``, ``logsnr`` or ``karras``, with ``sigma_min`` the noise level of the
       last evaluation before the final step to clean data; by default the method's own
-      (``DEFAULT_SPACING``, ``DEFAULT_SIGMA_MIN``). Few steps for a method that needs more warn.
+      (``DEFAULT_SPACING``, ``default_sigma_min``). Few steps for a method that needs more warn.
       ``tuned`` with ``times``: an explicit grid (``toolkit.core.tune``), steps + 1 times down to 0.
     - ``trajectory_every=k``: also return a ``Trajectory`` of x_t and x0_hat every k steps
       (and the final result), to watch noise turn into a result.
@@ -442,7 +451,7 @@ def sample(
     if spacing != "tuned":  # a tuned grid is the remedy the warning would suggest
         _warn_few_steps(method, steps, method_options)
     if spacing is None:
-        spacing, sigma_min = DEFAULT_SPACING[method], sigma_min or DEFAULT_SIGMA_MIN.get(method)
+        spacing, sigma_min = DEFAULT_SPACING[method], sigma_min or default_sigma_min(method, steps)
     grid = Grid.make(sched, steps, spacing, strength, sigma_min, times)
     mask = _as_batch(known_mask, shape, "known_mask", device, dtype)
     known = _as_batch(known_values, shape, "known_values", device, dtype)

@@ -154,7 +154,7 @@ def tune(
 
 
 def _default_times(sched: Schedule, method: str, steps: int) -> list[float]:
-    spacing, sigma_min = sampler.DEFAULT_SPACING[method], sampler.DEFAULT_SIGMA_MIN.get(method)
+    spacing, sigma_min = sampler.DEFAULT_SPACING[method], sampler.default_sigma_min(method, steps)
     return sampler.Grid.make(sched, steps, spacing, 1.0, sigma_min).t
 
 
