@@ -94,3 +94,17 @@ def test_tune_steps_cli_writes_a_grid_the_sample_cli_uses(tmp_path):
     assert list((tmp_path / "out").glob("*.png"))
     with pytest.raises(SystemExit, match="ckpt=... is required"):
         tune_steps.main(["nfe=3"])
+
+
+def test_sampler_config_spacing_is_checked():
+    from omegaconf import OmegaConf
+    from test_train import config
+
+    from toolkit.module import check_config, sampler_options
+
+    cfg = OmegaConf.to_container(config("sampler.spacing=karas"), resolve=True)
+    with pytest.raises(ValueError, match="sampler.spacing='karas' is not valid"):
+        check_config(cfg)
+    with pytest.raises(ValueError, match="needs sampler.grid_file"):
+        sampler_options({**cfg["sampler"], "spacing": "tuned"}, "dpmpp_2m", 20)
+    assert sampler_options({**cfg["sampler"], "spacing": "karras"}, "dpmpp_2m", 20) == {"spacing": "karras"}

@@ -45,6 +45,8 @@ def check_config(config: dict) -> None:
     check_choice("loss", "target", config["loss"]["target"], PREDICTIONS)
     check_choice("loss", "weighting", config["loss"]["weighting"], loss.WEIGHTINGS)
     check_choice("sampler", "method", config["sampler"]["method"], sampler.SAMPLERS)
+    if config["sampler"].get("spacing") is not None:
+        check_choice("sampler", "spacing", config["sampler"]["spacing"], (*schedule.SPACINGS, "tuned"))
     for section, key in (("optim", "lr"), ("sampler", "steps"), ("data", "batch_size")):
         if not config[section][key] > 0:
             raise ValueError(f"{section}.{key} must be > 0, got {config[section][key]}")
