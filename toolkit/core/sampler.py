@@ -183,7 +183,7 @@ def ddpm(model: Model, x: Tensor, grid: Grid, noise: NoiseSource) -> Tensor:
 
 def euler(model: Model, x: Tensor, grid: Grid, noise: NoiseSource) -> Tensor:
     """Euler on the probability-flow ODE in EDM's variables (x/alpha, sigma/alpha). That is
-    DDIM's deterministic update; the method differs by its default (Karras) spacing."""
+    DDIM's deterministic update; the method differs by its default (logSNR) spacing."""
     return ddim(model, x, grid, noise, eta=0.0)
 
 
@@ -336,11 +336,11 @@ DEFAULT_SPACING = {
     "ddim": "uniform",
     "dpmpp_2m": "logsnr",
     "heun": "logsnr",
-    "euler": "karras",
+    "euler": "logsnr",
     "dpmpp_3m": "logsnr",
     "unipc": "logsnr",
 }
-DEFAULT_SIGMA_MIN = {"dpmpp_2m": 0.05, "heun": 0.05, "dpmpp_3m": 0.05, "unipc": 0.05}
+DEFAULT_SIGMA_MIN = {"dpmpp_2m": 0.05, "heun": 0.05, "euler": 0.05, "dpmpp_3m": 0.05, "unipc": 0.05}
 
 
 def default_sigma_min(method: str, steps: int) -> float | None:
@@ -355,6 +355,7 @@ FEW_STEPS = {
     "ddpm": (20, "ancestral sampling adds fresh noise at every step and needs many of them"),
     "ddim": (10, "a first-order method"),
     "euler": (10, "a first-order method"),
+    "heun": (10, "two evaluations per step, so half the steps of a multistep method at equal cost"),
     "dpmpp_3m": (8, "its third-order extrapolation overshoots on long steps"),
 }
 

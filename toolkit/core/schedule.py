@@ -182,10 +182,13 @@ def get(name: str | Schedule, **kwargs) -> Schedule:
     return SCHEDULES[name](**kwargs)
 
 
-# Bounds of the EDM noise level s = sigma/alpha used when placing sampling steps: beyond
-# s_max the data is invisible, below s_min it is already clean at any practical precision.
+# Bounds of the EDM noise level s = sigma/alpha used when placing sampling steps: below s_min
+# the data is clean at any practical precision; sampling starts from pure noise at s_max, which
+# neglects the data's share alpha = 1/s there. EDM's 80 (alpha = 0.0125) measurably biased the
+# mixtures' results (converged FD 0.0051 against 0.0035 from t = 1 of the linear schedule, whose
+# s is 148); at 200 (alpha = 0.005) the linear schedule starts at t = 1, as DDPM and diffusers do.
 SAMPLING_SIGMA_MIN = 0.002
-SAMPLING_SIGMA_MAX = 80.0
+SAMPLING_SIGMA_MAX = 200.0
 SPACINGS = ("uniform", "logsnr", "karras")
 
 
@@ -204,7 +207,7 @@ def timesteps(
     - ``logsnr``: equally spaced in logSNR (DPM-Solver's choice), down to noise level ``sigma_min``.
     - ``karras``: EDM's rho-spacing of the noise level s = exp(-logsnr / 2), down to ``sigma_min``.
     The last two start at noise level SAMPLING_SIGMA_MAX when ``t_start`` is noisier than that,
-    as EDM does: the data's share there (alpha = 0.0125) is below what steps can resolve.
+    as EDM does (at 80): the data's share there (alpha = 0.005) is below what steps can resolve.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
