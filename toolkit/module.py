@@ -186,6 +186,7 @@ class DiffusionModule(L.LightningModule):
         self.net.eval()
         shape, cond, inputs = self.sampling_inputs(n, seed, labels, guidance, sampler_kwargs.pop("cond", {}))
         inputs.update(sampler_kwargs)
+        shape = tuple(inputs.pop("shape", shape))  # an edit (outpainting) may set its own shape
         seeds = sampler.seeds_for(seed, n)
         result = sampler.sample(
             self.denoiser(),
