@@ -127,9 +127,10 @@ class NoiseSource:
     """Standard normal draws where sample i's noise comes from its own seed, counter-based: element
     j of the k-th draw of the sample with seed s is a function of (s, k, j) alone, so a sample does
     not depend on its batch, and a draw is one batched computation without generators (the same
-    operations on another device should give the same bits; only CPU is tested). A 32-bit hash of the three picks a cell of the normal quantile function (2^16
-    cells, linearly interpolated; the two outer cells from a table of 2^16 sub-cells each, reaching
-    |z| = 6.2), computed with integer and single correctly rounded float32 operations only."""
+    operations on another device should give the same bits; only CPU is tested). A 32-bit hash
+    of the three picks a cell of the normal quantile function (2^16 cells, linearly interpolated;
+    the two outer cells from a table of 2^16 sub-cells each, reaching |z| = 6.2), computed with
+    integer and single correctly rounded float32 operations only."""
 
     def __init__(self, seeds: Sequence[int], sample_shape: tuple[int, ...], device, dtype):
         device = torch.device(device)
