@@ -9,9 +9,11 @@ error of N exact draws. diffusers' schedulers run on DDPM's linear betas (1e-4 t
 steps) with x0 prediction ("sample"); each is tried in several timestep spacings and keeps its
 best. Ours run on the continuous-time version of the same betas (schedule "linear") with each
 method's default spacing; their other spacings are listed next to diffusers' configurations.
+Ours also run on grids tuned by ``toolkit.core.tune`` on 256 other noise draws (NFE <= 50).
 
-Overhead: the time each sampler spends outside the denoiser (which returns a precomputed tensor),
-float32, one thread, median of repeats: the fixed cost of a call and the cost per step.
+Overhead: the CPU time each sampler spends outside the denoiser (which returns a precomputed
+tensor), float32, one thread, median of repeats: the fixed cost of a call and the cost per step.
+All times are process CPU time, which other jobs on a shared machine disturb less than wall time.
 
     pip install -e ".[bench]" && python benchmarks/samplers.py [--quick] [--out PATH]
 """
@@ -25,6 +27,7 @@ import os
 import platform
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,10 +35,15 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from toolkit.core import sampler, schedule
+from toolkit.core import sampler, schedule, tune
 from toolkit.core.mixture import GaussianMixture, frechet_distance
 
-SAMPLERS = ("ddpm", "ddim", "dpmpp_2m", "heun", "euler")
+SAMPLERS = ("ddpm", "ddim", "dpmpp_2m", "heun", "euler", "dpmpp_3m", "unipc")
+# Our methods also run on tuned grids, tuned on other noise draws than the evaluation's.
+TUNED = ("unipc", "dpmpp_2m")
+TUNED_MAX_NFE = 50
+TUNE_SEED = 1_000_000
+TUNE_DRAWS = 256
 NFES = (5, 10, 20, 50, 100, 1000)
 QUICK_NFES = (5, 10, 20)
 DIMS = (2, 16)
@@ -79,7 +87,7 @@ SHORT_NAMES = {
 OVERHEAD_PAIRS = (
     ("ddim", "DDIMScheduler"),
     ("dpmpp_2m", "DPMSolverMultistepScheduler"),
-    ("dpmpp_2m", "UniPCMultistepScheduler"),
+    ("unipc", "UniPCMultistepScheduler"),
     ("euler", "EulerDiscreteScheduler"),
     ("heun", "HeunDiscreteScheduler"),
     ("ddpm", None),
@@ -185,8 +193,15 @@ def run_ours(
     n: int,
     dim: int,
     spacing: str | None = None,
+    times: Sequence[float] | None = None,
 ) -> Tensor:
-    return sampler.sample(denoiser, (n, dim), sched, method, steps, seed=SEED, spacing=spacing, dtype=torch.float64)
+    """Our sampler from the benchmark's noise; ``spacing`` None: the method's default spacing and
+    last noise level, a name: that spacing down to noise level 0.002, ``times``: a tuned grid."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the few-steps advice: few steps are what is measured here
+        return sampler.sample(
+            denoiser, (n, dim), sched, method, steps, seed=SEED, spacing=spacing, times=times, dtype=torch.float64
+        )
 
 
 def initial_noise(n: int, dim: int) -> Tensor:
@@ -195,7 +210,7 @@ def initial_noise(n: int, dim: int) -> Tensor:
 
 
 @functools.cache
-def our_evaluations(method: str, spacing: str, schedule_name: str, steps: int) -> int:
+def our_evaluations(method: str, spacing: str | None, schedule_name: str, steps: int) -> int:
     zero = Counted(lambda x, t, **_: torch.zeros_like(x))
     run_ours(method, steps, zero, schedule.get(schedule_name), 1, 1, spacing)
     return zero.calls
@@ -292,7 +307,7 @@ def measure_cell(
     configuration that raises there (``leading`` spacing with as many steps as training steps:
     DPM++2M's and UniPC's step indices overrun) gives a cell that says so; an exception in our
     samplers propagates."""
-    started = time.perf_counter()
+    started = time.process_time()
     try:
         matched = steps_for_nfe(count, nfe)
         if matched is None:
@@ -302,8 +317,24 @@ def measure_cell(
     except Exception as err:  # diffusers fails in many ways (IndexError, AssertionError...)
         if not peer:
             raise
-        return Cell(nfe, 0, math.nan, math.nan, time.perf_counter() - started, error=type(err).__name__)
-    return Cell(actual, steps, *errors(gm, x), time.perf_counter() - started)
+        return Cell(nfe, 0, math.nan, math.nan, time.process_time() - started, error=type(err).__name__)
+    return Cell(actual, steps, *errors(gm, x), time.process_time() - started)
+
+
+def default_label(method: str) -> str:
+    """The default spacing of ``method``, with its last noise level where that is not 0.002."""
+    return sampler.DEFAULT_SPACING[method] + (" to s(N)" if method in sampler.DEFAULT_SIGMA_MIN else "")
+
+
+def tuned_cell(method: str, nfe: int, gm: GaussianMixture, sched, n: int, dim: int) -> Cell:
+    """Our ``method`` on a grid tuned for ``nfe`` evaluations on TUNE_DRAWS other draws; the
+    cell's seconds are the tuning's CPU time plus the run's."""
+    started = time.process_time()
+    grid = tune.tune(
+        gm.denoiser(sched), (dim,), sched, method, nfe, draws=TUNE_DRAWS, seed=TUNE_SEED, dtype=torch.float64
+    )
+    x = run_ours(method, grid.steps, gm.denoiser(sched), sched, n, dim, times=grid.times)
+    return Cell(grid.nfe, grid.steps, *errors(gm, x), time.process_time() - started)
 
 
 def selection_nfes(nfes: Sequence[int]) -> list[int]:
@@ -353,8 +384,8 @@ def accuracy(
     rows, sweep, checks = [], [], []
     for method in samplers:
         default = sampler.DEFAULT_SPACING[method]
-        for spacing in (default, *(s for s in schedule.SPACINGS if s != default)):
-            row = Row(f"{method}, {spacing}", ours=True, kept=spacing == default)
+        for spacing in (None, *(s for s in schedule.SPACINGS if s != default)):
+            row = Row(f"{method}, {spacing or default_label(method)}", ours=True, kept=spacing is None)
             run = functools.partial(
                 run_ours, method, denoiser=gm.denoiser(sched), sched=sched, n=n, dim=dim, spacing=spacing
             )
@@ -363,6 +394,17 @@ def accuracy(
             sweep.append(Row(row.name, True, row.kept, {t: row.cells[t] for t in chosen}))
             if row.kept:
                 rows.append(row)
+    for method in [m for m in TUNED if m in samplers]:
+        row = Row(f"{method}, tuned", ours=True, kept=True)
+        for target in nfes:
+            row.cells[target] = tuned_cell(method, target, gm, sched, n, dim) if target <= TUNED_MAX_NFE else None
+            cell = row.cells[target]
+            log(
+                f"  {row.name} @ {target}: "
+                + ("skipped" if cell is None else f"{_describe(cell)} ({cell.seconds:.1f}s)")
+            )
+        rows.append(row)
+        sweep.append(Row(row.name, True, True, {t: row.cells.get(t) for t in chosen}))
 
     denoise = mixture_vp_denoiser(gm)
     for scheduler in schedulers:
@@ -429,16 +471,16 @@ class Timing:
             call()
         times = []
         for _ in range(repeats):
-            started = time.perf_counter()
+            started = time.process_time()
             state = prepare()
-            prepared = time.perf_counter()
+            prepared = time.process_time()
             loop(state)
-            looped = time.perf_counter()
+            looped = time.process_time()
             if call is None:
                 whole = looped - started
             else:
                 call()
-                whole = time.perf_counter() - looped
+                whole = time.process_time() - looped
             times.append((prepared - started, looped - prepared, whole))
         return cls(*(statistics.median(t[k] for t in times) for k in range(3)), steps)
 
@@ -454,7 +496,9 @@ def our_timing(method: str, shape: Sequence[int], steps: int = OVERHEAD_STEPS, r
     step_fn = sampler.get(method)
 
     def prepare() -> tuple:
-        grid = sampler.Grid.make(sched, steps, sampler.DEFAULT_SPACING[method], 1.0)
+        grid = sampler.Grid.make(
+            sched, steps, sampler.DEFAULT_SPACING[method], 1.0, sampler.default_sigma_min(method, steps)
+        )
         noise = sampler.NoiseSource(seeds, shape[1:], "cpu", torch.float32)
         return grid, noise, noise()
 
@@ -592,7 +636,7 @@ def findings(results: Sequence[DimResult], nfes: Sequence[int], cost: Overhead |
     lines = []
     for result in results:
         floor = result.floor
-        for target in [t for t in (10, 20) if t in nfes] or list(nfes[:2]):
+        for target in [t for t in (5, 10, 20, 50) if t in nfes] or list(nfes[:2]):
             mine, theirs = best_of(result.rows, True, target), best_of(result.rows, False, target)
             if mine is None or theirs is None:
                 continue
@@ -616,12 +660,17 @@ def findings(results: Sequence[DimResult], nfes: Sequence[int], cost: Overhead |
         if top >= CONVERGED_NFE:
             at_top = [(r.name, r.cells[top]) for r in result.rows if r.cells.get(top) is not None]
             missing = [f"{name} ({_describe(cell)})" for name, cell in at_top if misses_floor(cell, floor)]
+            converged = [cell.fd for _, cell in at_top if math.isfinite(cell.fd)]
+            together = len(missing) == len(at_top) and converged and max(converged) <= 1.25 * min(converged)
             lines.append(
                 f"- {result.dim}-D, {top} NFE: floor FD {_fmt(floor.fd)} (max over {FLOOR_DRAWS} exact draws "
                 f"{_fmt(floor.fd_max)}); "
                 + (
                     "every sampler is within 2x of that max: every driver reproduces the mixture."
                     if not missing
+                    else f"every sampler converges to FD {_fmt(min(converged))}-{_fmt(max(converged))}, above "
+                    "2x that max: the error of this one noise draw (the same for all), not of the drivers."
+                    if together
                     else "above 2x that max: " + ", ".join(missing) + "."
                 )
             )
@@ -683,7 +732,11 @@ def report(results: Sequence[DimResult], nfes: Sequence[int], cost: Overhead | N
         "Mixtures `GaussianMixture.random(d, 3, seed=d)` (the core tests' ones), the exact denoiser "
         "E[x0 | x_t] for everyone, the same initial noise for everyone (seeds 0..N-1, diffusers' copy "
         "scaled by `init_noise_sigma`). Ours: schedule `linear` (DDPM's betas in continuous time), "
-        f"default spacings {dict(sampler.DEFAULT_SPACING)}. diffusers: DDPM's linear betas "
+        f"default spacings {dict((m, default_label(m)) for m in sampler.SAMPLERS)} (`to s`: the last "
+        "evaluation at noise level s(N) = 0.05 min(1, (10/N)^2), at least 0.002, for N steps, else at "
+        "0.002); `tuned`: a grid from `toolkit.core.tune` tuned for "
+        f"that NFE on {TUNE_DRAWS} other noise draws (seed {TUNE_SEED}), up to {TUNED_MAX_NFE} NFE. "
+        "diffusers: DDPM's linear betas "
         '1e-4..0.02 over 1000 steps, `prediction_type="sample"` (x0: no division by alpha), DDIM with '
         '`clip_sample=False`, DPM++2M with `solver_order=2, algorithm_type="dpmsolver++"`, otherwise '
         "defaults; the denoiser is evaluated at the noise level the scheduler's update assumes (its "
@@ -725,13 +778,14 @@ def report(results: Sequence[DimResult], nfes: Sequence[int], cost: Overhead | N
             "",
             f"{OVERHEAD_STEPS} steps, float32, `torch.set_num_threads(1)`, a denoiser that returns a "
             "precomputed x0, median of repeats. Setup: ours builds the time grid of the method's default "
-            "spacing and draws per-sample seeded noise (one generator per sample, so that a sample does "
+            "spacing and draws per-sample seeded noise (counter-based: a hash of seed, draw and element "
+            "index, so that a sample does "
             "not depend on its batch); diffusers' loop calls `set_timesteps` and draws one batch tensor. "
             "Loop: the steps alone (ours: the method's step function over the prebuilt grid; diffusers: "
             "`scale_model_input` + `step`). Call: the "
-            f"whole {OVERHEAD_STEPS}-step call / steps. Heun's steps make two evaluations; UniPC is set "
-            "against our dpmpp_2m (both multistep, one evaluation per step). The machine is shared with "
-            "other jobs (load average above): differences under ~20% are noise.",
+            f"whole {OVERHEAD_STEPS}-step call / steps. Heun's steps make two evaluations. Process CPU "
+            "time; the machine is shared with other jobs (load average above): differences under ~20% "
+            "are noise.",
             "",
         ]
         for i, shape in enumerate(cost.shapes):
@@ -755,13 +809,14 @@ def main(argv: Sequence[str] | None = None) -> Path:
         parser.error("--n must be >= 10, every --nfe and --dims >= 1")
 
     torch.set_num_threads(1)
-    started, load_before = time.perf_counter(), os.getloadavg()
+    started, cpu_started, load_before = time.perf_counter(), time.process_time(), os.getloadavg()
     results = [accuracy(dim, n, nfes, args.schedule) for dim in args.dims]
     cost = None if args.skip_overhead else overhead(repeats=5 if args.quick else 21)
     context = {
         "machine": machine(),
         "load average (1 min) before / after": f"{load_before[0]:.1f} / {os.getloadavg()[0]:.1f}",
-        "run time": f"{time.perf_counter() - started:.0f} s" + (" (--quick)" if args.quick else ""),
+        "run time": f"{time.perf_counter() - started:.0f} s wall, {time.process_time() - cpu_started:.0f} s CPU"
+        + (" (--quick)" if args.quick else ""),
         "our schedule": args.schedule,
     }
     text = report(results, nfes, cost, context)

@@ -77,8 +77,10 @@ def test_cli_writes_the_report(bench, tmp_path):
     assert "pip install -e" in text and "## Findings" in text and "## Overhead" not in text
     for name in [*bench.SAMPLERS, *bench.SHORT_NAMES.values()]:
         assert name in text
-    heun_row = next(line for line in text.splitlines() if line.startswith("| ours: heun, karras |"))
+    heun_row = next(line for line in text.splitlines() if line.startswith("| ours: heun, logsnr to s(N) |"))
     assert "(9)" in heun_row  # 10 NFE is not reachable: Heun reports the 9 it made
+    tuned_row = next(line for line in text.splitlines() if line.startswith("| ours: unipc, tuned |"))
+    assert "skipped" not in tuned_row and "nan" not in tuned_row
     assert text.count("| floor (exact draws) |") == 2
 
 
@@ -87,6 +89,6 @@ def test_overhead_is_timed_for_every_sampler(bench):
     assert set(cost.ours) == set(bench.SAMPLERS) and set(cost.theirs) == set(bench.PEER_CONFIGS)
     for timing in [*cost.ours.values(), *cost.theirs.values()]:
         assert timing[0].setup > 0 and timing[0].call > 0 and timing[0].per_step >= 0
-    # ddpm draws 64 per-sample seeded noise vectors every step, ddim none: the loop timing sees it.
+    # ddpm draws per-sample seeded noise every step, ddim none: the loop timing sees it.
     assert cost.ours["ddpm"][0].per_step > 2 * cost.ours["ddim"][0].per_step
     assert len(bench.overhead_table(cost, 0)) == 2 + len(bench.OVERHEAD_PAIRS)

@@ -20,7 +20,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 from torch import Tensor
 
-from toolkit.core import loss, sampler, schedule
+from toolkit.core import loss, sampler, schedule, tune
 from toolkit.core.denoiser import PREDICTIONS, Denoiser
 from toolkit.domains.base import Domain
 
@@ -46,6 +46,8 @@ def check_config(config: dict) -> None:
     check_choice("loss", "target", config["loss"]["target"], PREDICTIONS)
     check_choice("loss", "weighting", config["loss"]["weighting"], loss.WEIGHTINGS)
     check_choice("sampler", "method", config["sampler"]["method"], sampler.SAMPLERS)
+    if config["sampler"].get("spacing") is not None:
+        check_choice("sampler", "spacing", config["sampler"]["spacing"], (*schedule.SPACINGS, "tuned"))
     for section, key in (("optim", "lr"), ("sampler", "steps"), ("data", "batch_size")):
         if not config[section][key] > 0:
             raise ValueError(f"{section}.{key} must be > 0, got {config[section][key]}")
@@ -143,6 +145,19 @@ class DiffusionModule(L.LightningModule):
         return Denoiser(self.net, self.schedule, self.config["loss"]["target"])
 
     @torch.no_grad()
+    def sampling_inputs(
+        self, n: int, seed: int | list[int], labels: Tensor | None, guidance: float | None, cond: dict | None = None
+    ) -> tuple[tuple[int, ...], dict, dict]:
+        """The sample shape, the conditioning and the guidance keywords of ``sampler.sample`` for
+        ``n`` samples (classes round-robin without ``labels``)."""
+        inputs = self.domain.sampling_inputs(n, labels=labels, seed=seed if isinstance(seed, int) else seed[0])
+        inputs = {k: _to(v, self.device) for k, v in inputs.items()}
+        cond = {**inputs.pop("cond", {}), **(cond or {})}
+        shape = tuple(inputs.pop("shape", (n, *self.domain.sample_shape)))
+        if guidance is not None and guidance != 1.0 and "label" in cond:
+            inputs.update(guidance=guidance, uncond=self.domain.null_cond(cond))
+        return shape, cond, inputs
+
     def generate(
         self,
         n: int,
@@ -165,15 +180,14 @@ class DiffusionModule(L.LightningModule):
         method = method or cfg["method"]
         steps = steps or cfg["steps"]
         guidance = cfg.get("guidance") if guidance is None else guidance
+        sampler_kwargs = {**sampler_options(cfg, method, steps), **sampler_kwargs}
+        if sampler_kwargs.get("strength", 1.0) < 1.0:
+            sampler_kwargs.pop("times", None)  # image-to-image starts part-way: a named spacing
         was_training = self.net.training
         self.net.eval()
-        inputs = self.domain.sampling_inputs(n, labels=labels, seed=seed if isinstance(seed, int) else seed[0])
-        inputs = {k: _to(v, self.device) for k, v in inputs.items()}
-        cond = {**inputs.pop("cond", {}), **sampler_kwargs.pop("cond", {})}
+        shape, cond, inputs = self.sampling_inputs(n, seed, labels, guidance, sampler_kwargs.pop("cond", {}))
         inputs.update(sampler_kwargs)
-        shape = tuple(inputs.pop("shape", (n, *self.domain.sample_shape)))
-        if guidance is not None and guidance != 1.0 and "label" in cond:
-            inputs.update(guidance=guidance, uncond=self.domain.null_cond(cond))
+        shape = tuple(inputs.pop("shape", shape))  # an edit (outpainting) may set its own shape
         seeds = sampler.seeds_for(seed, n)
         result = sampler.sample(
             self.denoiser(),
@@ -192,6 +206,24 @@ class DiffusionModule(L.LightningModule):
         x, traj = result if trajectory_every else (result, None)
         trajectory = traj.x0_hat if traj is not None else None
         return {"x": x, "labels": cond.get("label"), "seeds": seeds, "trajectory": trajectory}
+
+
+def sampler_options(cfg: dict, method: str, steps: int) -> dict:
+    """Keyword arguments for ``sampler.sample`` from the sampler config: ``spacing`` (with
+    ``spacing=tuned``, the times for ``method`` and ``steps`` from ``grid_file``) and the method's
+    own options (unipc's ``order``, ``variant``) when the configured method is the one used."""
+    options = {}
+    if cfg.get("spacing") == "tuned":
+        if not cfg.get("grid_file"):
+            raise ValueError(
+                "sampler.spacing=tuned needs sampler.grid_file=<run>/tuned_steps.json (python -m toolkit.tune_steps)"
+            )
+        options["times"] = tune.load_grid(cfg["grid_file"], method, steps)
+    elif cfg.get("spacing") is not None:
+        options["spacing"] = cfg["spacing"]
+    if method == cfg["method"]:
+        options.update({k: cfg[k] for k in ("order", "variant") if cfg.get(k) is not None})
+    return options
 
 
 def _to(value, device):
