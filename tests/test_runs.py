@@ -218,7 +218,7 @@ CASES = {
     "unknown trainer argument": (["+trainer.foo=1"], "trainer.foo is not an argument"),
     "bad trainer value (after the folder is claimed)": (["trainer.precision=17"], "Precision 17 is invalid"),
     "missing checkpoint": (["ckpt_path={d}/missing.ckpt"], "{d}/missing.ckpt does not exist"),
-    "not a checkpoint": (["ckpt_path={d}/notes.ckpt"], "{d}/notes.ckpt is not a checkpoint"),
+    "not a checkpoint": (["ckpt_path={d}/notes.ckpt"], "{d}/notes.ckpt is not a PyTorch checkpoint"),
 }
 
 

@@ -234,3 +234,12 @@ def test_the_command_line_prints_one_line_and_exits_2(tmp_path):
     nothing_written(tmp_path / "out")
     helped = subprocess.run([*argv[:3], "--help"], capture_output=True, text=True, env=env, timeout=300)
     assert helped.returncode == 0 and "trajectory_every=2" in helped.stdout
+
+
+@pytest.mark.parametrize("steps", [0, -3])
+def test_generate_rejects_steps_below_one_instead_of_using_the_default(checkpoints, steps):
+    from toolkit.module import load_module
+
+    module = load_module(checkpoints["digits"])
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        module.generate(2, seed=0, steps=steps)

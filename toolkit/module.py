@@ -177,8 +177,10 @@ class DiffusionModule(L.LightningModule):
         ``sampler_kwargs`` (known_mask/known_values, x_init/strength, ...) go to the sampler.
         """
         cfg = self.config["sampler"]
-        method = method or cfg["method"]
-        steps = steps or cfg["steps"]
+        method = cfg["method"] if method is None else method
+        steps = cfg["steps"] if steps is None else steps
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {steps!r}")
         guidance = cfg.get("guidance") if guidance is None else guidance
         sampler_kwargs = {**sampler_options(cfg, method, steps), **sampler_kwargs}
         if sampler_kwargs.get("strength", 1.0) < 1.0:
