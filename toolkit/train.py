@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint, TQD
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
+from toolkit.callbacks import copy_report, training_callbacks
 from toolkit.module import DiffusionModule
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -59,7 +60,7 @@ def callbacks(config: dict, run_dir: Path) -> list[L.Callback]:
     ema = config.get("ema") or {}
     if ema.get("decay") is not None:
         found.append(EMAWeightAveraging(decay=ema["decay"], update_starting_at_step=ema.get("start_step", 0)))
-    return found
+    return found + training_callbacks(config)
 
 
 def train(cfg: DictConfig, run_dir: Path) -> Path:
@@ -81,6 +82,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
         final = config["final_samples"]
         out = module.generate(final["n"], seed=final["seed"], trajectory_every=2)
         module.domain.save(out["x"], run_dir / "samples", out["labels"], out["seeds"], out["trajectory"])
+        copy_report(module, datamodule, out["x"], run_dir / "samples")
     return run_dir / "checkpoints" / "last.ckpt"
 
 
