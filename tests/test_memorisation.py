@@ -80,6 +80,16 @@ def test_chamfer_distance_is_the_square_root_of_the_pointcloud_metric():
     assert indices[0].tolist() == direct.argsort()[:2].tolist()
 
 
+def test_chamfer_shortlist_finds_the_exact_nearest_two():
+    items, queries = ellipsoids(60, points=256), ellipsoids(20, points=256)
+    exact = nearest_two(queries, items, "chamfer", coarse_points=10**6)  # every pair measured in full
+    fast = nearest_two(queries, items, "chamfer", coarse_points=64, shortlist=10)
+    assert (fast[0] >= exact[0] - 1e-6).all() and (fast[0] <= 1.02 * exact[0]).all()
+    assert (fast[1] == exact[1]).all(dim=1).float().mean() >= 0.9
+    copies = nearest_two(jitter(items[:10], 0.002), items, "chamfer", coarse_points=64, shortlist=10)
+    assert copies[1][:, 0].tolist() == list(range(10))
+
+
 def windows(n: int, features: int = 2, length: int = 32) -> torch.Tensor:
     """A known generator of time-series windows [K, L]: noisy sines of random frequency and phase."""
     t = torch.linspace(0, 1, length)
