@@ -207,6 +207,12 @@ class NearestTraining:
         if held_out is not None and len(held_out):
             self.held_out_nearest = nearest_two(torch.as_tensor(held_out), self.train, distance, chunk_elements)[0]
 
+    def held_out_copy_share(self, threshold: float = RATIO_THRESHOLD) -> float | None:
+        """The share of held-out items the ratio test calls copies (None without held-out data)."""
+        if self.held_out_nearest is None:
+            return None
+        return ratio_copies(self.held_out_nearest, threshold).float().mean().item()
+
     def score(self, samples: Tensor, threshold: float = RATIO_THRESHOLD) -> Memorisation:
         """The memorisation measures of ``samples`` [n, ...] against the training set."""
         if not 0 < threshold <= 1:
@@ -227,7 +233,7 @@ class NearestTraining:
             held_out_median = _median(reference[:, 0])
             close = torch.quantile(reference[:, 0].double(), CLOSE_QUANTILE).item()
             result.n_held_out = len(reference)
-            result.held_out_copy_share = ratio_copies(reference, threshold).float().mean().item()
+            result.held_out_copy_share = self.held_out_copy_share(threshold)
             result.held_out_median_nearest = held_out_median
             result.nearest_ratio = result.median_nearest / held_out_median if held_out_median > 0 else float("inf")
             result.close_share = (nearest[:, 0].double() < close).float().mean().item()
