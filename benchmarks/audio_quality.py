@@ -10,7 +10,10 @@ to [-1, 1], as its decoder does):
   interval, and the worst class;
 - FD: the Frechet distance between samples and the training split in the classifier's penultimate
   features, next to its floor, the held-out split's own distance to the training split with the same
-  features and sample size.
+  features and sample size;
+- memorisation: the share of samples the ratio test calls copies of a training clip, and the median
+  distance to the nearest training clip over the held-out split's, in log-mels and in the classifier's
+  features (``toolkit.metrics.memorisation``).
 
 The dpmpp_2m samples at 20 NFE also make the waveform round trip (``domain.decode``: mel inversion and
 Griffin-Lim to sound; ``domain.encode``: back to log-mels), which is what a listener hears; the held-out
@@ -37,9 +40,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import common  # noqa: E402
 from benchmarks.common import (  # noqa: E402
+    COPY_HEADER,
     FD_REPEATS,
+    Copies,
     Reference,
     classify,
+    copies,
+    copy_cells,
+    copy_note,
     domain_splits,
     draw_samples,
     fit_classifier,
@@ -143,6 +151,7 @@ class Scored:
     per_class: dict[int, float]
     fd: float
     floor: float
+    copies: Copies | None = None
 
     @property
     def worst_class_accuracy(self) -> float:
@@ -164,7 +173,7 @@ def scored(name: str, reference: Reference, log_mels: Tensor, labels: Tensor, nu
     per_class = {c: float(correct[labels == c].float().mean()) for c in labels.unique().tolist()}
     n = len(labels)
     floor = reference.floor_at(min(n, reference.held_out_size))
-    return Scored(name, n, round(accuracy * n), per_class, fd, floor)
+    return Scored(name, n, round(accuracy * n), per_class, fd, floor, copies(reference, log_mels))
 
 
 @dataclass
@@ -245,10 +254,11 @@ def score_cells(s: Scored) -> list[str]:
         f"{100 * s.worst_class_accuracy:.0f}",
         f"{s.fd:.2f}",
         f"{s.fd / s.floor:.2f}",
+        *copy_cells(s.copies),
     ]
 
 
-SCORE_HEADER = ["accuracy %", "95% interval", "worst class %", "FD", "FD / floor"]
+SCORE_HEADER = ["accuracy %", "95% interval", "worst class %", "FD", "FD / floor", *COPY_HEADER]
 
 
 def format_rows(rows: Sequence[Row]) -> list[str]:
@@ -363,6 +373,7 @@ def report(module, ckpt: Path, bench: Benchmark, args, seconds: float) -> list[s
             if n < reference.held_out_size
             else ""
         ),
+        copy_note("log-mels", reference),
         "",
         f"## Samplers at guidance {args.guidance:g}",
         "",

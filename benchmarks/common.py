@@ -8,6 +8,9 @@
   ``domain_splits``, ``fit_classifier``, ``classify``, ``reference_for`` (classifier accuracy and the FD
   floor), ``score`` (accuracy and FD of samples), ``wilson_interval`` (the accuracy's uncertainty),
   ``draw_samples`` (samples and counted NFE).
+- Memorisation beside accuracy and FD: ``copies`` (the ratio-test copy share and the nearest-training
+  distance against held-out data's, in the scored input space and in the classifier's features; see
+  ``toolkit.metrics.memorisation``), ``copy_cells`` and ``copy_note`` for the results files.
 - ``training_summary``, ``trained_steps`` and ``reproduce_command``: what a results file says about the
   checkpoint and the run.
 """
@@ -31,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from toolkit.core import sampler
+from toolkit.metrics.memorisation import Memorisation, NearestTraining
 
 
 def frechet_distance_from_moments(mean_a, cov_a, mean_b, cov_b) -> float:
@@ -247,6 +251,8 @@ class Reference:
     held_out_features: np.ndarray
     classifier_accuracy: float
     floor: float
+    nearest_inputs: NearestTraining | None = None  # the training split as the classifier takes it
+    nearest_features: NearestTraining | None = None  # ... and in its penultimate features
 
     @property
     def held_out_size(self) -> int:
@@ -270,6 +276,8 @@ def reference_for(classifier: nn.Module, train_inputs: Tensor, held_out_inputs: 
         held_out_features=held_out_features,
         classifier_accuracy=float((predictions == held_out_labels.numpy()).mean()),
         floor=frechet_distance(held_out_features, train_features),
+        nearest_inputs=NearestTraining(train_inputs, held_out_inputs),
+        nearest_features=NearestTraining(torch.from_numpy(train_features), torch.from_numpy(held_out_features)),
     )
 
 
@@ -286,6 +294,48 @@ def score(reference: Reference, inputs: Tensor, labels: Tensor, num_classes: int
         float(min(per_class)),
         matched_frechet_distance(features, reference.train_features, size, FD_REPEATS),
         frechet_distance(features, reference.train_features),
+    )
+
+
+@dataclass
+class Copies:
+    """Memorisation of one sample set in the scored input space (pixels, log-mels) and in the
+    classifier's features."""
+
+    inputs: Memorisation
+    features: Memorisation
+
+
+def copies(reference: Reference, inputs: Tensor) -> Copies:
+    """The copy share and nearest-training distances of ``inputs`` (as the classifier takes them)
+    against the training split, with the held-out split as the reference."""
+    _, features = classify(reference.classifier, inputs)
+    return Copies(reference.nearest_inputs.score(inputs), reference.nearest_features.score(torch.from_numpy(features)))
+
+
+COPY_HEADER = ["copies % (in / feat)", "NN ratio (in / feat)"]
+
+
+def copy_cells(c: Copies | None) -> list[str]:
+    """Two table cells: the copy share and the nearest-distance ratio, input space / features."""
+    if c is None:
+        return ["-", "-"]
+    return [
+        f"{100 * c.inputs.copy_share:.1f} / {100 * c.features.copy_share:.1f}",
+        f"{c.inputs.nearest_ratio:.2f} / {c.features.nearest_ratio:.2f}",
+    ]
+
+
+def copy_note(space: str, reference: Reference) -> str:
+    """The results-file line that explains the copy columns, with the held-out split's own numbers."""
+    shares = [100 * nearest.held_out_copy_share() for nearest in (reference.nearest_inputs, reference.nearest_features)]
+    return (
+        f"- Memorisation (`toolkit/metrics/memorisation.py`), in {space} ('in') and in the classifier's features "
+        "('feat'): 'copies %' is the share of samples whose nearest training example is closer than 1/3 of the "
+        "second nearest (the ratio test of Yoon et al. 2023 and Gu et al. 2023; L2 distance); 'NN ratio' is the "
+        "median distance of samples to their nearest training example over that of the held-out split (1 = as "
+        "close as real unseen data, below 1 = closer). The held-out split itself scores "
+        f"{shares[0]:.1f} / {shares[1]:.1f}% copies"
     )
 
 

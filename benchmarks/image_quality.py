@@ -8,7 +8,10 @@ classifier reports:
 - accuracy: how often it recognises the class that was asked for (and the worst class);
 - FD: the Frechet distance between samples and the training split in the classifier's penultimate
   features (an FID computed with a digit classifier), next to its floor, the held-out split's own
-  distance to the training split with the same features and sample size.
+  distance to the training split with the same features and sample size;
+- memorisation: the share of samples the ratio test calls copies of a training image, and the median
+  distance to the nearest training image over the held-out split's, in pixels and in the classifier's
+  features (``toolkit.metrics.memorisation``).
 
 Then dpmpp_2m at 20 NFE runs for each ``--sweep-guidance`` value.
 
@@ -33,8 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import common  # noqa: E402
 from benchmarks.common import (  # noqa: E402
+    COPY_HEADER,
     FD_REPEATS,
+    Copies,
     Reference,
+    copies,
+    copy_cells,
+    copy_note,
     domain_splits,
     draw_samples,
     fit_classifier,
@@ -134,6 +142,7 @@ class Row:
     fd: float
     fd_all: float
     ms_per_sample: float
+    copies: Copies
 
 
 def draw(module, labels: Tensor, method: str, steps: int, guidance: float, batch_size: int) -> tuple[Tensor, int]:
@@ -150,7 +159,19 @@ def measure(
         pixels, counted_nfe = draw(module, labels, method, steps, guidance, batch_size)
     accuracy, worst, fd, fd_all = score(reference, pixels, labels, module.domain.num_classes)
     seconds = watch.seconds
-    return Row(method, guidance, nfe, counted_nfe, steps, accuracy, worst, fd, fd_all, 1000 * seconds / len(labels))
+    return Row(
+        method,
+        guidance,
+        nfe,
+        counted_nfe,
+        steps,
+        accuracy,
+        worst,
+        fd,
+        fd_all,
+        1000 * seconds / len(labels),
+        copies(reference, pixels),
+    )
 
 
 def run(
@@ -184,7 +205,7 @@ def run(
 
 def format_rows(rows: Sequence[Row], floor: float) -> list[str]:
     header = ["sampler", "guidance", "NFE", "steps", "accuracy %", "worst class %", "FD", "FD / floor"]
-    header += ["FD (all samples)", "ms / sample"]
+    header += ["FD (all samples)", "ms / sample", *COPY_HEADER]
     cells = [
         [
             r.method,
@@ -197,10 +218,11 @@ def format_rows(rows: Sequence[Row], floor: float) -> list[str]:
             f"{r.fd / floor:.2f}",
             f"{r.fd_all:.2f}",
             f"{r.ms_per_sample:.0f}",
+            *copy_cells(r.copies),
         ]
         for r in rows
     ]
-    return markdown_table(header, cells, align="lrrrrrrrrr")
+    return markdown_table(header, cells, align="lrrrrrrrrrrr")
 
 
 def verdict(rows: Sequence[Row], floor: float) -> list[str]:
@@ -261,6 +283,7 @@ def report(
         "and FD below it is possible (neither number detects copies of training images)",
         f"- **Floor: FD(held-out split, training split) = {reference.floor:.2f}** "
         f"({reference.held_out_size} held-out images)",
+        copy_note("pixels", reference),
         "",
         f"## Samplers at guidance {args.guidance:g}",
         "",

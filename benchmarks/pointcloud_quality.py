@@ -6,6 +6,10 @@ sampler at each NFE, and reports MMD-CD, COV-CD and 1-NNA-CD (PointFlow's defini
 shapes (one of the same class per held-out shape) with the held-out split: what a model that
 reproduced its training set exactly would score.
 
+Beside them, memorisation against the training split by Chamfer distance
+(``toolkit.metrics.memorisation``): the share of samples the ratio test calls copies of a training
+shape, and the median distance to the nearest training shape over the held-out shapes' own.
+
     python benchmarks/pointcloud_quality.py --ckpt runs/pointcloud/<run>/checkpoints/last.ckpt
 
 Writes benchmarks/results/pointcloud.md (``--out`` to change).
@@ -27,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import markdown_table, steps_for_nfe, stopwatch, write_results  # noqa: E402
 from toolkit.core import sampler  # noqa: E402
+from toolkit.metrics.memorisation import NearestTraining  # noqa: E402
 from toolkit.metrics.pointcloud import pairwise_distances, set_metrics  # noqa: E402
 
 SAMPLERS = ("ddim", "dpmpp_2m", "heun", "euler")
@@ -110,8 +115,18 @@ def run_benchmark(
     if len(reference) < 2:
         raise ValueError("the held-out split has fewer than 2 shapes; raise domain.val_fraction")
     ref_ref = pairwise_distances(reference, reference, "cd")
+    nearest = NearestTraining(train.points, reference, distance="chamfer")
+
+    def metrics(samples: Tensor) -> dict[str, float]:
+        copied = nearest.score(samples)
+        return {
+            **set_metrics(samples, reference, ref_ref=ref_ref),
+            "copies": copied.copy_share,
+            "nn-ratio": copied.nearest_ratio,
+        }
+
     floor = class_matched_subset(train.points, train.labels, ref_labels)
-    rows = [Row("floor: train vs held-out", None, None, set_metrics(floor, reference, ref_ref=ref_ref), None)]
+    rows = [Row("floor: train vs held-out", None, None, metrics(floor), None)]
     log(f"floor: {rows[0].metrics}")
     labels = ref_labels if domain.num_classes > 0 else None
     for method in samplers:
@@ -119,7 +134,7 @@ def run_benchmark(
             steps = steps_for_nfe(method, nfe, schedule)
             with stopwatch() as watch:
                 samples = draw(denoiser, schedule, domain, labels, len(reference), method, steps, guidance, batch_size)
-            rows.append(Row(method, nfe, steps, set_metrics(samples, reference, ref_ref=ref_ref), watch.seconds))
+            rows.append(Row(method, nfe, steps, metrics(samples), watch.seconds))
             log(f"{method} nfe={nfe} steps={steps}: {rows[-1].metrics} ({watch.seconds:.1f}s)")
     return rows, len(reference)
 
@@ -144,6 +159,8 @@ def report(rows: Sequence[Row], num_reference: int, context: Sequence[str]) -> l
             f"{row.metrics['mmd-cd'] * 1e3:.3f}",
             f"{row.metrics['cov-cd'] * 100:.1f}",
             f"{row.metrics['1nna-cd'] * 100:.1f}",
+            f"{row.metrics['copies'] * 100:.1f}",
+            f"{row.metrics['nn-ratio']:.2f}",
             "-" if row.seconds is None else f"{row.seconds:.1f}",
         ]
         for row in rows
@@ -156,8 +173,16 @@ def report(rows: Sequence[Row], num_reference: int, context: Sequence[str]) -> l
         "lower is better; COV-CD %: higher is better; 1-NNA-CD %: 50 is ideal, 100 = fully separable, "
         "well below 50 = copies of the reference",
         "- NFE = denoiser evaluations per sample (counted); seconds = time to draw all samples",
+        "- Memorisation against the training split by Chamfer distance: 'copies %' is the share of samples "
+        "whose nearest training shape is closer than 1/3 of the second nearest (ratio test of Yoon et al. 2023 "
+        "and Gu et al. 2023, on sqrt(CD)); 'NN ratio' is the median distance to the nearest training shape over "
+        "the held-out shapes' (1 = as close as real unseen shapes, below 1 = closer). The floor row consists of "
+        "training shapes, so it is all copies by construction",
         "",
-        *markdown_table(["sampler", "NFE", "steps", "MMD-CD x10^3", "COV-CD %", "1-NNA-CD %", "seconds"], table),
+        *markdown_table(
+            ["sampler", "NFE", "steps", "MMD-CD x10^3", "COV-CD %", "1-NNA-CD %", "copies %", "NN ratio", "seconds"],
+            table,
+        ),
     ]
 
 

@@ -116,6 +116,13 @@ def test_score_of_the_held_out_split_is_the_floor(domain, trained):
     assert bench.scored("noise", reference, noise, held_out_labels, 3).fd > 5 * reference.floor
     few = bench.scored("few", reference, held_out_x[:4], held_out_labels[:4], domain.num_classes)
     assert few.floor == pytest.approx(reference.floor_at(4)) and few.floor != reference.floor
+    # Held-out clips are the memorisation reference itself; training clips handed back are copies.
+    held_out_copies = result.copies.inputs
+    assert held_out_copies.nearest_ratio == pytest.approx(1.0)
+    assert held_out_copies.copy_share == held_out_copies.held_out_copy_share < 0.5
+    train_x = reference.nearest_inputs.train
+    copied = bench.scored("copied", reference, train_x[:9], held_out_labels, domain.num_classes)
+    assert copied.copies.inputs.copy_share == copied.copies.features.copy_share == 1.0
 
 
 def test_unconditional_data_is_refused(tones):
@@ -224,4 +231,6 @@ def test_benchmark_end_to_end(tmp_path, tones, capsys):
     assert "- heun, 19 NFE:" in text and "- dpmpp_2m, 20 NFE:" in text and "fewer than the default 20 samples" in text
     assert "Per class asked for (spectrograms): high " in text and ", mid " in text
     assert "; at the samples' size (6) it is **" in text
+    assert "- Memorisation (`toolkit/metrics/memorisation.py`), in log-mels" in text
+    assert all(r[9].count(" / ") == 1 for r in rows)  # copies % (in / feat)
     assert "| dpmpp_2m" in capsys.readouterr().out

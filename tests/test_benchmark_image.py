@@ -157,6 +157,20 @@ def test_score_of_the_held_out_split_is_the_floor(digits):
     assert fd_noise > 5 * reference.floor
 
 
+def test_copies_of_training_digits_and_real_unseen_ones(digits):
+    """Training digits handed back are all copies, in pixels and in features; held-out digits are the
+    reference itself (ratio 1) and no copies."""
+    domain, reference = digits
+    train, held_out = bench.labelled_splits(domain)
+    copied = common.copies(reference, train.pixels[:50])
+    assert copied.inputs.copy_share == copied.features.copy_share == 1.0
+    assert copied.inputs.nearest_ratio == 0.0 and common.copy_cells(copied) == ["100.0 / 100.0", "0.00 / 0.00"]
+    unseen = common.copies(reference, held_out.pixels)
+    assert unseen.inputs.copy_share == 0.0 and unseen.inputs.nearest_ratio == pytest.approx(1.0)
+    assert unseen.features.nearest_ratio == pytest.approx(1.0)
+    assert "The held-out split itself scores 0.0 / " in common.copy_note("pixels", reference)
+
+
 def test_classifier_training_is_seeded():
     domain = ImageDomain(net={"_target_": "toolkit.nets.unet.UNet"})
     train, _ = bench.labelled_splits(domain)
@@ -199,3 +213,4 @@ def test_benchmark_end_to_end(tmp_path, capsys):
     assert "- Rows short of the targets at any NFE: ddim at 3 NFE (" in text
     assert text.count("dpmpp_2m, guidance 1, 20 NFE: misses") == 1
     assert all(math.isfinite(float(row.split(" | ")[6])) for row in rows)
+    assert "| copies % (in / feat) | NN ratio (in / feat) |" in text and "- Memorisation" in text

@@ -664,6 +664,8 @@ def test_benchmark_end_to_end_with_a_stand_in_denoiser(tmp_path):
         assert row.metrics["cov-cd"] == pytest.approx(1 / n_ref)
         assert row.metrics["1nna-cd"] >= 0.5
     assert rows[1].steps == 4 and rows[2].steps == 2  # Heun spends two evaluations per step but the last
+    # The floor row is training shapes: all copies, at distance 0 from the training set.
+    assert rows[0].metrics["copies"] == 1.0 and rows[0].metrics["nn-ratio"] == 0.0
     report = "\n".join(bench.report(rows, n_ref, ["- Data: test"]))
     assert "| ddim | 4 | 4 |" in report and "| heun | 4 | 2 |" in report and "floor" in report
 

@@ -33,6 +33,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from toolkit.callbacks import copy_report, training_callbacks
 from toolkit.module import DiffusionModule, read_checkpoint
 from toolkit.resources import resource_dir
 
@@ -244,7 +245,7 @@ def callbacks(config: dict, run_dir: Path) -> list[L.Callback]:
     ema = config.get("ema") or {}
     if ema.get("decay") is not None:
         found.append(EMAWeightAveraging(decay=ema["decay"], update_starting_at_step=ema.get("start_step", 0)))
-    return found
+    return found + training_callbacks(config)
 
 
 def check_trainer_keys(trainer: dict) -> None:
@@ -315,6 +316,7 @@ def train(cfg: DictConfig, run_dir: Path, claim: bool = False) -> Path:
         final = config["final_samples"]
         out = module.generate(final["n"], seed=final["seed"], trajectory_every=2)
         module.domain.save(out["x"], run_dir / "samples", out["labels"], out["seeds"], out["trajectory"])
+        copy_report(module, datamodule, out["x"], run_dir / "samples")
     return run_dir / "checkpoints" / "last.ckpt"
 
 
