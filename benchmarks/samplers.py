@@ -15,7 +15,7 @@ Overhead: the CPU time each sampler spends outside the denoiser (which returns a
 tensor), float32, one thread, median of repeats: the fixed cost of a call and the cost per step.
 All times are process CPU time, which other jobs on a shared machine disturb less than wall time.
 
-    pip install -e ".[bench]" && python benchmarks/samplers.py [--quick] [--out PATH]
+    pip install -c constraints.txt -e ".[bench]" && python benchmarks/samplers.py [--quick] [--out PATH]
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ OVERHEAD_STEPS = 20
 # From this many evaluations on, every sampler should sit at the floor: the check that the drivers are right.
 CONVERGED_NFE = 500
 DEFAULT_OUT = Path(__file__).parent / "results" / "samplers.md"
-REPRODUCE = 'pip install -e ".[bench]" && python benchmarks/samplers.py'
+REPRODUCE = 'pip install -c constraints.txt -e ".[bench]" && python benchmarks/samplers.py'
 
 # DDPM's training schedule, set explicitly for every diffusers scheduler; the denoiser hands them x0.
 TRAINING_BETAS = {

@@ -238,6 +238,17 @@ def test_bad_input_prints_one_short_error_and_leaves_no_folder(case, bad_data, m
     assert not run_dir.exists()
 
 
+def test_a_failed_start_leaves_no_empty_parent_folders(bad_data, monkeypatch, capsys):
+    """The default layout runs/<domain>/<time> under the working directory: nothing of it stays."""
+    monkeypatch.chdir(bad_data)
+    (bad_data / "keep").mkdir()
+    monkeypatch.setattr(sys, "argv", ["train", "domain.resolution=25", "hydra.run.dir=runs/image/x"])
+    with pytest.raises(SystemExit):
+        train_cli.main()
+    assert "resolution 25" in capsys.readouterr().err
+    assert not (bad_data / "runs").exists() and (bad_data / "keep").is_dir()
+
+
 def test_help_lists_groups_and_keys():
     result = subprocess.run(
         [sys.executable, "-m", "toolkit.train", "--help"], cwd=REPO, env=ENV, capture_output=True, text=True

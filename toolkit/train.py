@@ -103,6 +103,20 @@ def save_hydra_files(cfg: DictConfig, run_dir: Path) -> None:
         write_atomic(content, target)
 
 
+def remove_empty_folders(folder: Path) -> None:
+    """Remove ``folder`` if it is empty, then each parent inside the working directory
+    (``runs/<domain>``, ``runs``) that is left empty: a failed start leaves no trace of itself."""
+    cwd, folder = Path.cwd().resolve(), folder.resolve()
+    while True:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty, or not there: everything above it stays
+            return
+        folder = folder.parent
+        if cwd not in folder.parents:
+            return
+
+
 @contextlib.contextmanager
 def removed_on_error(run_dir: Path, remove: bool) -> Iterator[None]:
     """Remove a freshly claimed run folder if the run fails with an error before its first
@@ -112,6 +126,7 @@ def removed_on_error(run_dir: Path, remove: bool) -> Iterator[None]:
     except Exception:
         if remove and not any(run_dir.glob("checkpoints/*.ckpt")):
             shutil.rmtree(run_dir, ignore_errors=True)
+            remove_empty_folders(run_dir.parent)
         raise
 
 
@@ -344,8 +359,7 @@ def hydra_main(cfg: DictConfig) -> None:
             cfg = resume_config(cfg, hydra_cfg.overrides.task, list(hydra_cfg.runtime.choices))
         last = train(cfg, requested, claim=True)
     except USER_ERRORS as error:
-        with contextlib.suppress(OSError):
-            requested.rmdir()  # the empty folder Hydra made before the run could check its data
+        remove_empty_folders(requested)  # the empty folder Hydra made before the run could check its data
         fail(error)
     run_dir = last.parents[1]
     if (_get_rank() or 0) == 0:
