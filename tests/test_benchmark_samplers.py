@@ -74,7 +74,7 @@ def test_cli_writes_the_report(bench, tmp_path):
     out = tmp_path / "samplers.md"
     bench.main(["--n", "200", "--nfe", "5", "10", "--dims", "2", "--skip-overhead", "--out", str(out)])
     text = out.read_text()
-    assert "pip install -e" in text and "## Findings" in text and "## Overhead" not in text
+    assert "pip install -c constraints.txt -e" in text and "## Findings" in text and "## Overhead" not in text
     for name in [*bench.SAMPLERS, *bench.SHORT_NAMES.values()]:
         assert name in text
     heun_row = next(line for line in text.splitlines() if line.startswith("| ours: heun, logsnr to s(N) |"))

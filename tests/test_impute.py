@@ -534,9 +534,9 @@ def cli_files(imputer, tmp_path_factory) -> Path:
     ("arguments", "message"),
     [
         ("in.csv --model missing.ckpt", "checkpoint .*missing.ckpt does not exist"),
-        ("in.csv --model empty.ckpt", "model .*empty.ckpt is not a checkpoint the toolkit can read .the file is empty"),
-        ("in.csv --model text.ckpt", "model .*text.ckpt is not a checkpoint the toolkit can read"),
-        ("in.csv --model .", "is a folder; pass a checkpoint file"),
+        ("in.csv --model empty.ckpt", "checkpoint .*empty.ckpt is an empty file"),
+        ("in.csv --model text.ckpt", ".*text.ckpt is not a PyTorch checkpoint"),
+        ("in.csv --model .", "is a folder, not a file; pass the .ckpt inside it"),
         ("in.csv --model image.ckpt", "image.ckpt: the Imputer needs a time-series model"),
         ("missing.csv --model model.ckpt", "time-series file .*missing.csv does not exist"),
         ("empty.csv --model model.ckpt", "cannot read .*empty.csv as CSV"),

@@ -248,7 +248,7 @@ def test_cli_defaults_to_loopback():
     ("arguments", "message"),
     [
         (["--model", "missing.ckpt"], "checkpoint missing.ckpt does not exist"),
-        (["--model", "empty.ckpt"], "model empty.ckpt is not a checkpoint the toolkit can read"),
+        (["--model", "empty.ckpt"], "checkpoint empty.ckpt is an empty file"),
         (["--model", "m.ckpt", "--port", "70000"], "argument --port: expected a port in"),
         (["--model", "m.ckpt", "--max-samples", "0"], "argument --max-samples: expected an integer >= 1"),
         (["--model", "m.ckpt", "--log-level", "loud"], "argument --log-level: invalid choice"),

@@ -43,7 +43,6 @@ import argparse
 import contextlib
 import functools
 import os
-import pickle
 import sys
 import tempfile
 import warnings
@@ -280,20 +279,10 @@ class Imputer:
         or a file written by ``save``. A missing file is a FileNotFoundError; a folder, a file that is
         not a readable checkpoint, or another domain's model a ValueError naming the file."""
         path = Path(path)
-        if path.is_dir():
-            raise ValueError(f"model {path} is a folder; pass a checkpoint file such as {path}/checkpoints/last.ckpt")
         try:
             return cls(load_module(path, map_location=map_location))
-        except FileNotFoundError:
-            raise
         except ValueError as error:
             raise ValueError(str(error) if str(path) in str(error) else f"model {path}: {error}") from error
-        except (EOFError, KeyError, TypeError, AttributeError, RuntimeError, pickle.UnpicklingError, OSError) as error:
-            detail = "the file is empty" if isinstance(error, EOFError) else f"{type(error).__name__}: {error}"
-            raise ValueError(
-                f"model {path} is not a checkpoint the toolkit can read ({detail.splitlines()[0][:200]}); pass "
-                "last.ckpt of a `python -m toolkit.train domain=timeseries` run or a file written by Imputer.save"
-            ) from error
 
     @classmethod
     def fit(
