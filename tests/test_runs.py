@@ -37,9 +37,23 @@ TINY_TS = [
 ]
 
 
+def _interruptible() -> None:
+    """Ctrl-C's default action in the child: a test run started in the background by a
+    non-interactive shell (as CI may be) inherits SIGINT ignored, and Python keeps it ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(*args: str, cwd: Path = REPO) -> subprocess.Popen:
     command = [sys.executable, "-m", "toolkit.train", *args]
-    return subprocess.Popen(command, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=_interruptible,
+    )
 
 
 def finish(process: subprocess.Popen, timeout: float = 600) -> str:
