@@ -38,3 +38,27 @@ def save_untrained_checkpoint(path, overrides):
     checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": {"config": module.config}}
     torch.save({**checkpoint, "global_step": 0, "pytorch-lightning_version": L.__version__}, path)
     return path
+
+
+TINY_IMAGE = [
+    "domain.net.base_channels=16",
+    "domain.net.channel_mults=[1,2]",
+    "domain.net.attention_levels=[]",
+    "trainer.max_steps=4",
+    "trainer.val_check_interval=2",
+    "trainer.limit_val_batches=1",
+    "trainer.enable_progress_bar=false",
+    "data.batch_size=16",
+    "checkpoint.every_n_steps=2",
+    "preview.n=4",
+    "final_samples.n=4",
+    "sampler.steps=3",
+    "ema.start_step=0",
+]
+
+
+def tiny_image_config(*overrides):
+    """The composed config of a tiny image run (a few seconds of training) with ``overrides``."""
+    from toolkit.train import compose_config
+
+    return compose_config([*TINY_IMAGE, *overrides])

@@ -9,35 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from conftest import TINY_IMAGE, tiny_image_config
 from hydra.errors import ConfigCompositionException
 from PIL import Image
 
 from toolkit import sample
 from toolkit import train as train_cli
 from toolkit.module import load_module
-from toolkit.train import CONF_DIR, train
+from toolkit.train import train
 
-TINY = [
-    "domain.net.base_channels=16",
-    "domain.net.channel_mults=[1,2]",
-    "domain.net.attention_levels=[]",
-    "trainer.max_steps=4",
-    "trainer.val_check_interval=2",
-    "trainer.limit_val_batches=1",
-    "trainer.enable_progress_bar=false",
-    "data.batch_size=16",
-    "checkpoint.every_n_steps=2",
-    "preview.n=4",
-    "final_samples.n=4",
-    "sampler.steps=3",
-    "ema.start_step=0",
-]
-
-
-def config(*overrides):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("config", overrides=[*TINY, *overrides])
+TINY = TINY_IMAGE
+config = tiny_image_config
 
 
 @pytest.fixture(scope="module")

@@ -65,7 +65,7 @@ def test_grid_file_errors_say_what_to_do(tmp_path):
 
 
 def test_tune_steps_cli_writes_a_grid_the_sample_cli_uses(tmp_path):
-    from test_train import config
+    from conftest import tiny_image_config as config
 
     from toolkit import sample, tune_steps
     from toolkit.module import load_module
@@ -97,8 +97,8 @@ def test_tune_steps_cli_writes_a_grid_the_sample_cli_uses(tmp_path):
 
 
 def test_sampler_config_spacing_is_checked():
+    from conftest import tiny_image_config as config
     from omegaconf import OmegaConf
-    from test_train import config
 
     from toolkit.module import check_config, sampler_options
 
