@@ -141,8 +141,9 @@ class DiffusionModule(L.LightningModule):
 
     # --- generation -----------------------------------------------------------------------
 
-    def denoiser(self) -> Denoiser:
-        return Denoiser(self.net, self.schedule, self.config["loss"]["target"])
+    def denoiser(self):
+        """``D(x_t, t, **cond) -> x0_hat`` of this module's network, wrapped by the domain."""
+        return self.domain.wrap_denoiser(Denoiser(self.net, self.schedule, self.config["loss"]["target"]))
 
     @torch.no_grad()
     def sampling_inputs(

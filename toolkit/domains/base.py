@@ -62,6 +62,11 @@ class Domain:
             return cond
         return {**cond, "label": torch.full_like(cond["label"], self.num_classes)}
 
+    def wrap_denoiser(self, denoiser):
+        """The denoiser samplers use: ``denoiser`` itself, or a small wrapper around it that applies
+        this domain's own knowledge (e.g. a per-window offset) read from the conditioning."""
+        return denoiser
+
     def checkpoint_kwargs(self) -> dict:
         """Constructor kwargs learned from data (e.g. normalisation, class names), merged into the
         domain config saved with a checkpoint so that the domain rebuilds without its data."""
