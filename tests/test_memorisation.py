@@ -2,9 +2,11 @@
 each domain's metric (pixels, Chamfer, time-series windows), and the training-time warning, report
 and early stopping."""
 
+import csv
 import json
 import math
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,7 +15,14 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
 
-from toolkit.callbacks import PassesWarning, copy_report, planned_passes, training_callbacks
+from toolkit.callbacks import (
+    PassesWarning,
+    PreviewCopies,
+    copy_report,
+    planned_passes,
+    split_examples,
+    training_callbacks,
+)
 from toolkit.domains.image import ImageDomain
 from toolkit.metrics.memorisation import NearestTraining, memorisation, nearest_two, ratio_copies
 from toolkit.metrics.pointcloud import chamfer_distance
@@ -200,6 +209,40 @@ def test_small_folder_warns_at_start_and_reports_copies_at_the_end(tmp_path, cap
     assert report["distance"] == "euclidean" and report["threshold"] == pytest.approx(1 / 3)
     assert 0 <= report["copy_share"] <= 1 and report["nearest_ratio"] > 0
     assert "memorisation of the final samples: copy share" in capsys.readouterr().out
+    with (tmp_path / "run" / "previews" / "memorisation.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert [int(row["step"]) for row in rows] == [2, 4, 6]  # every validation's preview, scored
+    assert all(0 <= float(row["copy_share"]) <= 1 and int(row["n_samples"]) == 2 for row in rows)
+
+
+def score_preview(tmp_path, domain, samples):
+    """What PreviewCopies writes for a preview made of ``samples``."""
+    datamodule = domain.datamodule(batch_size=8)
+    trainer = SimpleNamespace(
+        datamodule=datamodule,
+        global_step=12,
+        loggers=[],
+        default_root_dir=str(tmp_path),
+        sanity_checking=False,
+        is_global_zero=True,
+    )
+    module = SimpleNamespace(domain=domain, config={}, preview_samples=samples(datamodule))
+    PreviewCopies().on_validation_end(trainer, module)
+    assert module.preview_samples is None  # each preview is scored once
+    with (tmp_path / "previews" / "memorisation.csv").open() as file:
+        (row,) = csv.DictReader(file)
+    return row
+
+
+def test_preview_of_training_examples_scores_as_copies(tmp_path):
+    tiny_folder(tmp_path / "data")
+    domain = ImageDomain(
+        root=str(tmp_path / "data"), resolution=8, val_fraction=0.2, net={"_target_": "toolkit.nets.unet.UNet"}
+    )
+    copied = score_preview(tmp_path / "a", domain, lambda data: split_examples(data, "train")[:6])
+    assert float(copied["copy_share"]) == 1.0 and float(copied["nearest_ratio"]) == 0.0
+    unseen = score_preview(tmp_path / "b", domain, lambda data: split_examples(data, "val"))
+    assert float(unseen["copy_share"]) == 0.0 and float(unseen["nearest_ratio"]) == pytest.approx(1.0)
 
 
 def test_no_warning_below_the_threshold(tmp_path):
@@ -223,7 +266,9 @@ def test_early_stopping_stops_on_the_validation_loss(tmp_path):
 
 
 def test_training_callbacks_config_errors():
-    assert training_callbacks({"memorisation": {"warn_passes": None}, "early_stopping": {"patience": None}}) == []
+    off = {"memorisation": {"warn_passes": None, "previews": False}, "early_stopping": {"patience": None}}
+    assert training_callbacks(off) == []
+    assert [type(c) for c in training_callbacks({})] == [PreviewCopies]
     with pytest.raises(ValueError, match="early_stopping.patience must be a whole number"):
         training_callbacks({"early_stopping": {"patience": 0}})
     with pytest.raises(ValueError, match="early_stopping.min_delta must be >= 0"):

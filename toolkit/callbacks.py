@@ -4,16 +4,21 @@
   (``max_steps * batch_size * processes / n_train``); many passes on little data is how a diffusion
   model learns to hand its training examples back, so the run warns with the numbers and what to do.
 - Early stopping on the validation loss (Lightning's ``EarlyStopping``), off by default.
+- ``PreviewCopies``: the copy share of every training preview's samples, printed, logged as
+  ``preview/copy_share`` and appended to ``previews/memorisation.csv``, so a run shows when its
+  samples start to turn into copies.
 - ``copy_report``: the copy share of the final samples against the training set, with held-out data
   as the reference, printed and written as ``memorisation.json``.
 
 Config keys (conf/config.yaml): ``memorisation.warn_passes`` (null: no warning),
-``memorisation.threshold`` (the ratio test's), ``early_stopping.patience`` (validation checks without
-improvement before stopping; null: off) and ``early_stopping.min_delta``.
+``memorisation.threshold`` (the ratio test's), ``memorisation.previews`` (false: previews are not
+scored), ``early_stopping.patience`` (validation checks without improvement before stopping; null:
+off) and ``early_stopping.min_delta``.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import warnings
@@ -90,12 +95,64 @@ class PassesWarning(L.Callback):
         warnings.warn(message, stacklevel=1)
 
 
+def nearest_training(module: L.LightningModule, datamodule: L.LightningDataModule) -> NearestTraining:
+    """The data module's training split in the domain's distance, with its validation split as the
+    held-out reference."""
+    held_out = split_examples(datamodule, "val")
+    return NearestTraining(
+        split_examples(datamodule, "train"),
+        held_out if len(held_out) else None,
+        DISTANCE_BY_DOMAIN.get(module.domain.name, "euclidean"),
+    )
+
+
+def ratio_threshold(config: dict) -> float:
+    return (config.get("memorisation") or {}).get("threshold") or RATIO_THRESHOLD
+
+
+class PreviewCopies(L.Callback):
+    """Scores each training preview (``module.preview_samples``, left by the module's preview) against
+    the training split: one log line, the ``preview/copy_share`` metric and a row of
+    ``<run>/previews/memorisation.csv`` (step, copy share, median nearest distance over held-out data's)."""
+
+    COLUMNS = ("step", "copy_share", "nearest_ratio", "n_samples")
+
+    def __init__(self) -> None:
+        self.reference: NearestTraining | None = None
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        samples = getattr(pl_module, "preview_samples", None)
+        pl_module.preview_samples = None
+        if samples is None or trainer.sanity_checking or not trainer.is_global_zero or trainer.datamodule is None:
+            return
+        if self.reference is None:
+            self.reference = nearest_training(pl_module, trainer.datamodule)
+        result = self.reference.score(samples.detach().cpu(), ratio_threshold(pl_module.config))
+        step = trainer.global_step
+        log.info(f"preview at step {step}: {result.summary()}")
+        for logger in trainer.loggers:
+            logger.log_metrics({"preview/copy_share": result.copy_share}, step=step)
+        path = Path(trainer.default_root_dir) / "previews" / "memorisation.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        new = not path.exists()
+        with path.open("a", newline="") as file:
+            writer = csv.writer(file)
+            if new:
+                writer.writerow(self.COLUMNS)
+            ratio = "" if result.nearest_ratio is None else f"{result.nearest_ratio:.4f}"
+            writer.writerow([step, f"{result.copy_share:.4f}", ratio, result.n_samples])
+
+
 def training_callbacks(config: dict) -> list[L.Callback]:
-    """The memorisation warning and, when ``early_stopping.patience`` is set, early stopping."""
+    """The memorisation warning, the previews' copy share and, when ``early_stopping.patience`` is set,
+    early stopping."""
     found: list[L.Callback] = []
-    warn_passes = (config.get("memorisation") or {}).get("warn_passes")
+    settings = config.get("memorisation") or {}
+    warn_passes = settings.get("warn_passes")
     if warn_passes is not None:
         found.append(PassesWarning(warn_passes))
+    if settings.get("previews", True):
+        found.append(PreviewCopies())
     stopping = config.get("early_stopping") or {}
     patience = stopping.get("patience")
     if patience is not None:
@@ -120,15 +177,7 @@ def copy_report(
     the data module's training split, with its validation split as the held-out reference. With
     ``out_dir``, prints the summary and writes ``out_dir/memorisation.json``. Returns the measures as
     a dict (with ``summary``, one line)."""
-    config = module.config
-    threshold = (config.get("memorisation") or {}).get("threshold") or RATIO_THRESHOLD
-    held_out = split_examples(datamodule, "val")
-    reference = NearestTraining(
-        split_examples(datamodule, "train"),
-        held_out if len(held_out) else None,
-        DISTANCE_BY_DOMAIN.get(module.domain.name, "euclidean"),
-    )
-    result = reference.score(samples.detach().cpu(), threshold)
+    result = nearest_training(module, datamodule).score(samples.detach().cpu(), ratio_threshold(module.config))
     report = {**result.to_dict(), "summary": result.summary()}
     if out_dir is not None:
         out_dir = Path(out_dir)

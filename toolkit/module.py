@@ -113,6 +113,7 @@ class DiffusionModule(L.LightningModule):
             return
         n = self.config.get("preview", {}).get("n", 16)
         out = self.generate(n, seed=0)
+        self.preview_samples = out["x"]  # scored for copies by callbacks.PreviewCopies
         path = Path(self.trainer.default_root_dir) / "previews" / f"step_{self.global_step:06d}.png"
         self.domain.preview(out["x"], path, out["labels"])
         for logger in self.loggers:
