@@ -50,8 +50,8 @@ def fit_config(max_steps: int | None, settings: Mapping, overrides: Mapping) -> 
 
 
 class Imputer:
-    """Fills gaps of multivariate time series with a trained time-series diffusion model (see the
-    module docstring for how input is read, windows are stitched and dtypes kept)."""
+    """Fills gaps of multivariate time series with a trained time-series diffusion model (see
+    ``toolkit.impute``'s docstring for how input is read, windows are stitched and dtypes kept)."""
 
     def __init__(self, module: DiffusionModule):
         if not isinstance(module.domain, TimeSeriesDomain):

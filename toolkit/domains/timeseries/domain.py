@@ -79,7 +79,7 @@ class OffsetDenoiser:
 
 class TimeSeriesDomain(Domain):
     """Imputation of multivariate series: windows [K, L], CSDI-style conditional denoiser trained
-    to recover hidden observed values from the others (see the module docstring for data rules)."""
+    to recover hidden observed values from the others (see the package docstring for data rules)."""
 
     name = "timeseries"
     num_classes = 0

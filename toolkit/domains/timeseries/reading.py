@@ -221,7 +221,7 @@ def read_series(
     columns: Sequence[str] | None = None,
     allow_all_missing: bool = False,
 ) -> SeriesSet:
-    """Read and validate time series (see the module docstring for every rule)."""
+    """Read and validate time series (see the package docstring for every rule)."""
     frames = _frames_from(data)
     chosen = [str(c) for c in columns] if columns is not None else None
     series: list[Series] = []
