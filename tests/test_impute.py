@@ -230,7 +230,7 @@ def test_windows_positions_and_stitching_reproduce_a_known_denoiser(imputer, mon
 
 def test_stitching_picks_central_windows():
     from toolkit.domains.timeseries import Windows
-    from toolkit.impute import _most_central
+    from toolkit.impute.stitching import most_central
 
     windows = Windows(
         values=np.zeros((3, 1, 8)),
@@ -239,7 +239,7 @@ def test_stitching_picks_central_windows():
         start=np.array([0, 4, 6]),
         length=np.array([8, 8, 8]),
     )
-    owner, offset = _most_central(windows, 0, 14, 8)
+    owner, offset = most_central(windows, 0, 14, 8)
     assert owner.tolist() == [0, 0, 0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2, 2]
     assert offset.tolist() == [0, 1, 2, 3, 4, 5, 2, 3, 4, 3, 4, 5, 6, 7]
 

@@ -14,9 +14,11 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from toolkit.core import sampler, schedule
-from toolkit.core.denoiser import Denoiser
+from toolkit.core.denoiser import Denoiser, x0_from
+from toolkit.core.mixture import GaussianMixture
 from toolkit.domains.timeseries import (
     Normalizer,
+    OffsetDenoiser,
     TimeSeriesDomain,
     TrainingMasker,
     block_hidden,
@@ -583,24 +585,73 @@ def test_decode_returns_data_units():
 def test_sampling_returns_given_values_exactly_and_fills_the_rest():
     domain = TimeSeriesDomain(SMALL_NET, source="synthetic", window=16)
     example = domain.example_batch(n=3)
-    assert (example["cond_mask"] < example["mask"]).any()
+    assert (example["given"] < example["mask"]).any()
     net = small_net(4)
-    inputs = domain.imputation_inputs(example["x"], example["cond_mask"], example["time_pos"])
+    inputs = domain.imputation_inputs(example["x"], example["given"], example["time_pos"])
     sched = schedule.get("cosine")
-    out = sampler.sample(Denoiser(net, sched), (3, 4, 16), sched, method="ddim", steps=4, seed=0, **inputs)
-    known = example["cond_mask"] > 0
+    out = sampler.sample(
+        domain.wrap_denoiser(Denoiser(net, sched)), (3, 4, 16), sched, method="ddim", steps=4, seed=0, **inputs
+    )
+    known = example["given"] > 0
     assert torch.equal(out[known], example["x"][known])
     assert torch.isfinite(out).all() and not torch.equal(out[~known], torch.zeros_like(out[~known]))
     single = sampler.sample(
-        Denoiser(net, sched),
+        domain.wrap_denoiser(Denoiser(net, sched)),
         (1, 4, 16),
         sched,
         method="ddim",
         steps=4,
         seed=[2],
-        **domain.imputation_inputs(example["x"][2:], example["cond_mask"][2:], example["time_pos"][2:]),
+        **domain.imputation_inputs(example["x"][2:], example["given"][2:], example["time_pos"][2:]),
     )
     torch.testing.assert_close(single[0], out[2], atol=1e-5, rtol=1e-4)
+
+
+def test_offset_denoiser_shifts_the_data_the_network_sees():
+    """With ``offset`` c the network works on data minus c: sampling a centred mixture's exact
+    denoiser with per-sample offsets gives the offset-free samples shifted by c (deterministic DDIM
+    keeps x_t^c = x_t + alpha_t c along the path), and the network never sees the shift."""
+    mixture = GaussianMixture.random(2, 3, seed=0)
+    sched = schedule.get("cosine")
+    exact = mixture.denoiser(sched)
+    seen = []
+
+    def net(x_t, t):
+        seen.append(x_t.abs().max().item())
+        return exact(x_t, t)
+
+    D = OffsetDenoiser(Denoiser(net, sched, prediction="x0"))
+    offset = torch.linspace(-50.0, 50.0, 64, dtype=torch.float64)[:, None].expand(64, 2)
+    plain = sampler.sample(D, (64, 2), sched, "ddim", 30, seed=3, dtype=torch.float64)
+    seen.clear()
+    shifted = sampler.sample(D, (64, 2), sched, "ddim", 30, seed=3, dtype=torch.float64, cond={"offset": offset})
+    gap = (shifted - offset - plain).abs().max()
+    assert gap < 0.05, gap
+    assert max(seen) < 10.0
+    assert (shifted - plain).abs().max() > 40.0
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_the_domain_wraps_its_denoiser_in_the_offset_shift(prediction):
+    """``wrap_denoiser`` gives the ``OffsetDenoiser``: the network sees ``x_t - alpha * offset`` and
+    the estimate comes back shifted by ``offset`` (the very operations the core Denoiser once did,
+    so samples keep their bits); without an offset it is the plain denoiser."""
+    domain = TimeSeriesDomain(SMALL_NET, source="synthetic", window=16)
+    net = small_net(4)
+    sched = schedule.get("cosine")
+    plain = Denoiser(net, sched, prediction)
+    wrapped = domain.wrap_denoiser(plain)
+    assert isinstance(wrapped, OffsetDenoiser)
+    example = domain.example_batch(n=2)
+    cond = domain.imputation_inputs(example["x"], example["given"], example["time_pos"])["cond"]
+    x_t, t = torch.randn(2, 4, 16), torch.tensor([0.3, 0.8])
+    with torch.no_grad():
+        alpha, sigma = (a[:, None, None] for a in sched.alpha_sigma(t))
+        net_cond = {k: v for k, v in cond.items() if k != "offset"}
+        shifted = x_t - alpha * cond["offset"]
+        expected = x0_from(prediction, net(shifted, t, **net_cond), shifted, alpha, sigma) + cond["offset"]
+        assert torch.equal(wrapped(x_t, t, **cond), expected)
+        assert torch.equal(wrapped(x_t, t, **net_cond), plain(x_t, t, **net_cond))
 
 
 def test_save_writes_csv_npz_and_previews(tmp_path):
@@ -613,8 +664,8 @@ def test_save_writes_csv_npz_and_previews(tmp_path):
         None,
         seeds=[0, 1, 2, 3, 4],
         trajectory=torch.randn(3, 2, 4, 16),
-        observed=example["x"],
-        mask=example["cond_mask"],
+        given_values=example["x"],
+        given=example["given"],
         time_pos=example["time_pos"],
     )
     assert {p.name for p in paths} == {"windows.csv", "samples.npz", "grid.png", "strip.png"}

@@ -42,20 +42,12 @@ def x0_from(prediction: str, out: Tensor, x_t: Tensor, alpha: Tensor, sigma: Ten
 
 
 class Denoiser:
-    """``D(x_t, t, **cond) -> x0_hat`` around a network that predicts eps, x0 or v.
-
-    ``offset`` (reserved conditioning key, broadcastable to ``x_t``): a known shift of the data, such
-    as each time-series window's mean of its given values. The network then works on data minus the
-    offset, whose noisy version is ``x_t - alpha * offset``, and trains on such centred data, while
-    the sampler keeps working in data space; so a model meets only centred values, wherever the
-    data's level lies."""
+    """``D(x_t, t, **cond) -> x0_hat`` around a network that predicts eps, x0 or v. Wrappers that
+    change its input or output (a domain's per-window offset, guidance) sit around it."""
 
     def __init__(self, net: nn.Module | Callable, schedule: Schedule, prediction: str = "v"):
         self.net, self.schedule, self.prediction = net, schedule, check_prediction(prediction)
 
-    def __call__(self, x_t: Tensor, t: Tensor, offset: Tensor | None = None, **cond) -> Tensor:
+    def __call__(self, x_t: Tensor, t: Tensor, **cond) -> Tensor:
         alpha, sigma = (append_dims(s, x_t.ndim) for s in self.schedule.alpha_sigma(t.to(x_t.dtype)))
-        if offset is None:
-            return x0_from(self.prediction, self.net(x_t, t, **cond), x_t, alpha, sigma)
-        shifted = x_t - alpha * offset
-        return x0_from(self.prediction, self.net(shifted, t, **cond), shifted, alpha, sigma) + offset
+        return x0_from(self.prediction, self.net(x_t, t, **cond), x_t, alpha, sigma)

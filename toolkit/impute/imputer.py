@@ -1,0 +1,356 @@
+"""The Imputer: fits or loads a time-series diffusion model and fills the gaps of frames with it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import lightning
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from toolkit.core import sampler as samplers
+from toolkit.domains.timeseries import Series, SeriesSet, TimeSeriesDomain, make_windows, to_model_space
+from toolkit.impute.frames import Prepared, extend_frame, input_frames, prepare_frame, training_files
+from toolkit.impute.result import ImputationResult, check_quantiles
+from toolkit.impute.stitching import most_central, window_seed
+from toolkit.module import DiffusionModule, load_module
+from toolkit.train import compose_config, train
+
+OPEN_CONFIG_SECTIONS = ("domain.net.", "trainer.")  # constructor kwargs: keys beyond the defaults are fine
+
+
+def fit_config(max_steps: int | None, settings: Mapping, overrides: Mapping) -> DictConfig:
+    """The run config of ``python -m toolkit.train domain=timeseries`` with ``settings``, then the
+    user's ``overrides`` (keys dotted or with ``__``; unknown keys are errors) applied. The EMA start
+    and the warm-up are shortened to fit ``max_steps`` unless overridden."""
+    cfg = compose_config(["domain=timeseries"])
+    max_steps = int(cfg.trainer.max_steps if max_steps is None else max_steps)
+    OmegaConf.set_struct(cfg, False)
+    values = {
+        "trainer.max_steps": max_steps,
+        "ema.start_step": min(cfg.ema.start_step, max_steps // 2),
+        "optim.warmup_steps": min(cfg.optim.warmup_steps, max(1, max_steps // 10)),
+        **settings,
+    }
+    for key, value in overrides.items():
+        key = key.replace("__", ".")
+        known = OmegaConf.select(cfg, key, default=KeyError) is not KeyError
+        if not known and not key.startswith(OPEN_CONFIG_SECTIONS):
+            raise ValueError(f"unknown config key {key!r}; see conf/config.yaml and conf/domain/timeseries.yaml")
+        values[key] = value
+    for key, value in values.items():
+        OmegaConf.update(cfg, key, value, merge=False)
+    return cfg
+
+
+class Imputer:
+    """Fills gaps of multivariate time series with a trained time-series diffusion model (see
+    ``toolkit.impute``'s docstring for how input is read, windows are stitched and dtypes kept)."""
+
+    def __init__(self, module: DiffusionModule):
+        if not isinstance(module.domain, TimeSeriesDomain):
+            raise ValueError(
+                f"the Imputer needs a time-series model (trained with domain=timeseries); "
+                f"this one is a {module.domain.name!r} model"
+            )
+        self.module = module.eval()
+        self.domain: TimeSeriesDomain = module.domain
+
+    # -- construction
+
+    @classmethod
+    def load(cls, path: str | Path, map_location: str = "cpu") -> Imputer:
+        """An imputer from a checkpoint: ``last.ckpt`` of ``python -m toolkit.train domain=timeseries``
+        or a file written by ``save``. A missing file is a FileNotFoundError; a folder, a file that is
+        not a readable checkpoint, or another domain's model a ValueError naming the file."""
+        path = Path(path)
+        try:
+            return cls(load_module(path, map_location=map_location))
+        except ValueError as error:
+            raise ValueError(str(error) if str(path) in str(error) else f"model {path}: {error}") from error
+
+    @classmethod
+    def fit(
+        cls,
+        data,
+        *,
+        window: int = 64,
+        stride: int = 8,
+        max_steps: int | None = None,
+        seed: int = 0,
+        batch_size: int = 32,
+        time_column: str | None = None,
+        series_column: str | None = None,
+        columns: Sequence[str] | None = None,
+        run_dir: str | Path | None = None,
+        **config_overrides,
+    ) -> Imputer:
+        """Train a model on ``data`` (a DataFrame, a dict of DataFrames, or a CSV/Parquet path) with
+        the same config, module and trainer as ``python -m toolkit.train domain=timeseries``.
+
+        ``config_overrides``: run-config keys, dotted or with ``__`` for dots, e.g.
+        ``**{"domain.net.channels": 32}`` or ``optim__lr=1e-3``. With few ``max_steps`` the EMA start
+        and the learning-rate warm-up are shortened to fit, unless set here. The run folder (the
+        training data as Parquet, logs, checkpoints, samples) is ``run_dir``, else a temporary
+        folder removed afterwards; ``save`` keeps the model.
+        """
+        settings = {
+            "seed": seed,
+            "domain.source": "path",
+            "domain.window": window,
+            "domain.stride": stride,
+            "domain.time_column": time_column,
+            "domain.series_column": series_column,
+            "domain.columns": list(columns) if columns is not None else None,
+            "trainer.enable_progress_bar": False,
+            "trainer.enable_model_summary": False,
+            "data.batch_size": batch_size,
+            "preview.n": 4,
+            "final_samples.n": 4,
+        }
+        cfg = fit_config(max_steps, settings, config_overrides)
+        with contextlib.ExitStack() as stack:
+            if run_dir is None:
+                run_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="imputer_fit_"))
+            run_dir = Path(run_dir)
+            OmegaConf.update(cfg, "domain.path", str(training_files(data, run_dir / "data")), merge=False)
+            return cls.load(train(cfg, run_dir))
+
+    def save(self, path: str | Path) -> Path:
+        """Write a checkpoint that ``Imputer.load`` and ``toolkit.module.load_module`` read, atomically
+        (a temporary file renamed into place)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint = {
+            "state_dict": self.module.state_dict(),
+            DiffusionModule.CHECKPOINT_HYPER_PARAMS_KEY: {"config": self.module.config},
+            "pytorch-lightning_version": lightning.__version__,
+        }
+        partial = path.with_name(f".{path.name}.partial")
+        try:
+            torch.save(checkpoint, partial)
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+        return path
+
+    # -- properties of the model
+
+    @property
+    def columns(self) -> list[str]:
+        """The variables the model imputes, in its order."""
+        return list(self.domain.columns)
+
+    @property
+    def window(self) -> int:
+        return self.domain.window
+
+    @property
+    def time_column(self) -> str | None:
+        return self.domain.read_options["time_column"]
+
+    @property
+    def series_column(self) -> str | None:
+        return self.domain.read_options["series_column"]
+
+    # -- imputation
+
+    def impute(
+        self,
+        data,
+        *,
+        n_samples: int = 50,
+        quantiles: Sequence[float] = (0.05, 0.5, 0.95),
+        seed: int = 0,
+        steps: int | None = None,
+        sampler: str | None = None,
+        stride: int | None = None,
+        batch_size: int = 512,
+        time_column: str | None = None,
+        series_column: str | None = None,
+        progress: bool = False,
+    ) -> ImputationResult | dict[str, ImputationResult]:
+        """Fill the gaps (NaN/NA) of ``data``: a DataFrame (one series, or several with a series-id
+        column) -> an ``ImputationResult``; a dict of DataFrames -> a dict of results.
+
+        ``time_column``/``series_column`` default to the model's when the frame has them.
+        ``steps``/``sampler`` default to the model's sampler config; ``stride`` to half a window.
+        """
+        if not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
+            raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
+        if not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        stride = max(1, self.window // 2) if stride is None else int(stride)
+        if not 1 <= stride <= self.window:
+            raise ValueError(f"stride must be in [1, window={self.window}], got {stride}")
+        quantiles = check_quantiles(quantiles)
+        method, steps = self._sampler_settings(sampler, steps)
+
+        frames = input_frames(data)
+        prepared = {name: self._prepare(frame, time_column, series_column) for name, frame in frames.items()}
+        all_series = [s for p in prepared.values() for s in p.series]
+        stitched = self._sample(all_series, int(n_samples), int(seed), steps, method, stride, batch_size, progress)
+
+        results, offset = {}, 0
+        for name, p in prepared.items():
+            model_order = np.full((n_samples, len(p.frame), len(self.columns)), np.nan)
+            for series_samples, rows in zip(stitched[offset : offset + len(p.series)], p.rows, strict=True):
+                in_input = rows >= 0
+                model_order[:, rows[in_input]] = series_samples[:, in_input]
+            offset += len(p.series)
+            order = [self.columns.index(str(c)) for c in p.variables]
+            samples = model_order[:, :, order]
+            observed = p.frame[p.variables].notna().to_numpy()
+            input_values = p.frame[p.variables].astype(float).to_numpy()
+            samples = np.where(observed[None], input_values[None], samples)
+            results[name] = ImputationResult(p.frame.copy(), list(p.variables), samples, quantiles)
+        return results.get(None, results)
+
+    def forecast(
+        self,
+        data,
+        horizon: int,
+        *,
+        time_column: str | None = None,
+        series_column: str | None = None,
+        **impute_options,
+    ) -> ImputationResult | dict[str, ImputationResult]:
+        """Impute ``horizon`` future steps of each series (appended as gaps at the series' frequency)
+        together with any gaps in the history. The result's frames hold history and future;
+        integer columns become nullable Int64 and a text time column datetimes. ``horizon`` must be
+        shorter than the window, so that every future step shares a window with observed history."""
+        if not isinstance(horizon, (int, np.integer)) or not 1 <= horizon < self.window:
+            raise ValueError(
+                f"horizon must be an int in [1, {self.window - 1}] (shorter than the model's window of "
+                f"{self.window} steps, so that the future is conditioned on the past); got {horizon!r}"
+            )
+        frames = input_frames(data)
+        extended = {}
+        for name, frame in frames.items():
+            time, series = self._resolve_columns(frame, time_column, series_column)
+            extended[name] = extend_frame(frame, int(horizon), time, series)
+        inputs = extended.get(None, extended)
+        return self.impute(inputs, time_column=time_column, series_column=series_column, **impute_options)
+
+    # -- internals
+
+    def _resolve_columns(self, frame: pd.DataFrame, time_column, series_column) -> tuple[str | None, str | None]:
+        """The given time/series-id columns, else the model's where the frame has them."""
+        present = {str(c) for c in frame.columns} | {str(n) for n in frame.index.names if n is not None}
+        time = time_column if time_column is not None else (self.time_column if self.time_column in present else None)
+        series = series_column
+        if series is None and self.series_column in {str(c) for c in frame.columns}:
+            series = self.series_column
+        return time, series
+
+    def _prepare(self, frame: pd.DataFrame, time_column, series_column) -> Prepared:
+        if not isinstance(frame, pd.DataFrame):
+            raise TypeError(f"expected a DataFrame, got {type(frame).__name__}")
+        return prepare_frame(frame, self.columns, *self._resolve_columns(frame, time_column, series_column))
+
+    def sample_windows(
+        self,
+        values: np.ndarray,
+        time_pos: np.ndarray | None = None,
+        *,
+        n_samples: int = 50,
+        seed: int = 0,
+        steps: int | None = None,
+        sampler: str | None = None,
+        batch_size: int = 512,
+        window_ids: Sequence[tuple[int, int]] | None = None,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """Draws for windows of the model's length: ``values`` [N, K, L] in data units and the model's
+        column order, NaN = to fill -> samples [n_samples, N, K, L] in data units, observed entries as
+        given. ``time_pos`` [N, L] (default 0..L-1). All windows of all samples go through the sampler
+        together, ``batch_size`` at a time; window ``i`` of sample ``s`` is seeded from
+        (seed, s, window_ids[i]) (default ids (0, i)), so results do not depend on the batch size."""
+        values = np.asarray(values, dtype=float)
+        expected = (len(self.columns), self.window)
+        if values.ndim != 3 or values.shape[1:] != expected:
+            raise ValueError(f"values must be [N, {expected[0]} variables, {expected[1]} steps], got {values.shape}")
+        method, steps = self._sampler_settings(sampler, steps)
+        x, observed = to_model_space(values, self.domain.normalizer)
+        if not torch.isfinite(x).all():
+            column = self.columns[int(torch.nonzero(~torch.isfinite(x))[0, 1])]
+            raise ValueError(
+                f"column {column!r} holds values too far from the training data to represent (they overflow "
+                "after normalisation); check their units against the data the model was trained on"
+            )
+        n_windows = len(values)
+        if time_pos is None:
+            time_pos = np.broadcast_to(np.arange(self.window, dtype=float), (n_windows, self.window))
+        time_pos = torch.as_tensor(np.asarray(time_pos, dtype=float), dtype=torch.float32)
+        ids = [(0, w) for w in range(n_windows)] if window_ids is None else list(window_ids)
+        items = [(s, w) for s in range(n_samples) for w in range(n_windows)]
+        seeds = [window_seed(seed, s, *ids[w]) for s, w in items]
+        device = self.module.device
+        drawn = []
+        for begin in range(0, len(items), batch_size):
+            index = torch.tensor([w for _, w in items[begin : begin + batch_size]])
+            inputs = self.domain.imputation_inputs(
+                x[index].to(device), given=observed[index].to(device), time_pos=time_pos[index].to(device)
+            )
+            drawn.append(
+                samplers.sample(
+                    self.module.denoiser(),
+                    (len(index), *self.domain.sample_shape),
+                    self.module.schedule,
+                    method,
+                    steps,
+                    seeds[begin : begin + batch_size],
+                    progress=progress,
+                    device=device,
+                    **inputs,
+                ).cpu()
+            )
+        samples = self.domain.decode(torch.cat(drawn)).reshape(n_samples, *values.shape)
+        return np.where(np.isnan(values)[None], samples, values[None])
+
+    def _sampler_settings(self, sampler: str | None, steps: int | None) -> tuple[str, int]:
+        """The sampler method and step count: the given ones, else the model's sampler config."""
+        method = sampler or self.module.config["sampler"]["method"]
+        samplers.get(method)
+        steps = int(self.module.config["sampler"]["steps"] if steps is None else steps)
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        return method, steps
+
+    def _sample(
+        self,
+        series: list[Series],
+        n_samples: int,
+        seed: int,
+        steps: int,
+        method: str,
+        stride: int,
+        batch_size: int,
+        progress: bool,
+    ) -> list[np.ndarray]:
+        """Samples [n_samples, len(series), K] (model column order) of every series."""
+        windows = make_windows(SeriesSet(self.columns, series), self.window, stride)
+        values = self.sample_windows(
+            windows.values,
+            windows.time_pos,
+            n_samples=n_samples,
+            seed=seed,
+            steps=steps,
+            sampler=method,
+            batch_size=batch_size,
+            window_ids=[(int(i), int(start)) for i, start in zip(windows.series_index, windows.start, strict=True)],
+            progress=progress,
+        ).transpose(0, 1, 3, 2)  # [S, N, L, K]
+        result = []
+        for i, s in enumerate(series):
+            owner, offset = most_central(windows, i, len(s), self.window)
+            result.append(values[:, owner, offset])
+        return result
