@@ -43,6 +43,6 @@ def test_callback_sees_each_step_once_with_the_trajectory_it_records(method):
     x, traj = sampler.sample(
         linear_denoiser, (2, 3), "cosine", method, 4, trajectory_every=1, callback=lambda s: seen.append(s)
     )
-    assert [s.i for s in seen] == [0, 1, 2, 3] and [s.t for s in seen] == traj.t[:-1].tolist()
+    assert [s.i for s in seen] == [0, 1, 2, 3] and torch.tensor([s.t for s in seen]).equal(traj.t[:-1])
     assert torch.equal(torch.stack([s.x0_hat for s in seen]), traj.x0_hat[:-1])
     assert torch.equal(traj.x0_hat[-1], x)
