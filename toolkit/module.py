@@ -189,8 +189,9 @@ class DiffusionModule(L.LightningModule):
         Returns a dict with ``x``, ``labels`` (or None), ``seeds`` and ``trajectory``: the clean
         estimates x0_hat every ``trajectory_every`` steps, [K, n, ...], ending with ``x`` (or None).
         ``shape``: the batch shape ``(n, ...)`` when it is not the domain's (an edit such as
-        outpainting sets its own). ``batch_size``: at most that many samples per sampler call;
-        each sample comes from its own seed, so the results do not depend on it.
+        outpainting sets its own). ``batch_size``: at most that many samples per sampler call; each
+        sample comes from its own seed, so it is the same in any batch (up to the network's
+        floating-point rounding, which on some devices depends on the batch size).
         ``sampler_kwargs`` (known_mask/known_values, x_init/strength, ...) go to the sampler.
         """
         cfg = self.config["sampler"]
@@ -210,14 +211,14 @@ class DiffusionModule(L.LightningModule):
         inputs.update(sampler_kwargs)
         shape = tuple(domain_shape if shape is None else shape)
         seeds = sampler.seeds_for(seed, n)
-        batch_size = batch_size or n
-        if batch_size < n:
-            inputs = {k: v.expand(shape) if k in PER_SAMPLE and isinstance(v, Tensor) else v for k, v in inputs.items()}
-        xs, trajectories = [], []
+        parts = [slice(start, start + (batch_size or n)) for start in range(0, n, batch_size or n)]
+        if len(parts) > 1:  # split per sample: broadcast inputs first take the batch's shape
+            inputs = {
+                k: v.expand(shape) if k in BROADCAST_INPUTS and isinstance(v, Tensor) else v for k, v in inputs.items()
+            }
         try:
-            for start in range(0, n, batch_size):
-                part = slice(start, min(n, start + batch_size))
-                result = sampler.sample(
+            results = [
+                sampler.sample(
                     self.denoiser(),
                     (len(seeds[part]), *shape[1:]),
                     self.schedule,
@@ -230,18 +231,19 @@ class DiffusionModule(L.LightningModule):
                     device=self.device,
                     **_batch_part(inputs, part, n),
                 )
-                x, traj = result if trajectory_every else (result, None)
-                xs.append(x)
-                trajectories.append(traj.x0_hat if traj is not None else None)
+                for part in parts
+            ]
         finally:
             self.net.train(was_training)
-        x = xs[0] if len(xs) == 1 else torch.cat(xs)
-        trajectory = trajectories[0] if len(xs) == 1 or not trajectory_every else torch.cat(trajectories, dim=1)
+        if trajectory_every:
+            x, trajectory = torch.cat([r[0] for r in results]), torch.cat([r[1].x0_hat for r in results], dim=1)
+        else:
+            x, trajectory = torch.cat(results), None
         return {"x": x, "labels": cond.get("label"), "seeds": seeds, "trajectory": trajectory}
 
 
-# Sampler inputs that may broadcast over the batch: expanded to it before it is split in parts.
-PER_SAMPLE = ("known_mask", "known_values", "x_init")
+# Sampler inputs that may broadcast over the batch (e.g. one mask for all samples).
+BROADCAST_INPUTS = ("known_mask", "known_values", "x_init")
 
 
 def _batch_part(value, part: slice, n: int):
