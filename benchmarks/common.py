@@ -362,23 +362,14 @@ def draw_samples(
         calls += 1
 
     hook = module.net.register_forward_pre_hook(count)
-    chunks = []
     try:
-        for start in range(0, len(labels), batch_size):
-            stop = min(len(labels), start + batch_size)
-            out = module.generate(
-                stop - start,
-                seed=list(range(start, stop)),
-                labels=labels[start:stop],
-                method=method,
-                steps=steps,
-                guidance=guidance,
-            )
-            chunks.append(out["x"])
+        out = module.generate(
+            len(labels), seed=0, labels=labels, method=method, steps=steps, guidance=guidance, batch_size=batch_size
+        )
     finally:
         hook.remove()
     batches = -(-len(labels) // batch_size)
-    return torch.cat(chunks), calls // batches
+    return out["x"], calls // batches
 
 
 def trained_steps(ckpt: str | Path) -> int | str:

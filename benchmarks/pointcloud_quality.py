@@ -64,41 +64,18 @@ def class_matched_subset(points: Tensor, labels: Tensor, wanted: Tensor, seed: i
 
 
 def draw(
-    denoiser: Callable[..., Tensor],
-    schedule,
-    domain,
-    labels: Tensor | None,
-    n: int,
-    method: str,
-    steps: int,
-    guidance: float | None,
-    batch_size: int,
+    module, labels: Tensor | None, n: int, method: str, steps: int, guidance: float | None, batch_size: int
 ) -> Tensor:
     """``n`` samples with seeds 0..n-1 (the same noise for every sampler), ``batch_size`` at a time."""
-    out = []
-    for start in range(0, n, batch_size):
-        stop = min(n, start + batch_size)
-        cond = {"label": labels[start:stop]} if labels is not None else {}
-        guided = guidance is not None and bool(cond)
-        x = sampler.sample(
-            denoiser,
-            (stop - start, *domain.sample_shape),
-            schedule,
-            method=method,
-            steps=steps,
-            seed=list(range(start, stop)),
-            cond=cond,
-            guidance=guidance if guided else None,
-            uncond=domain.null_cond(cond) if guided else None,
-        )
-        out.append(x.float().cpu())
-    return torch.cat(out)
+    guidance = 1.0 if guidance is None else guidance  # 1: none, whatever the checkpoint's default
+    out = module.generate(
+        n, seed=0, labels=labels, method=method, steps=steps, guidance=guidance, batch_size=batch_size
+    )
+    return out["x"].float().cpu()
 
 
 def run_benchmark(
-    domain,
-    denoiser: Callable[..., Tensor],
-    schedule,
+    module,
     samplers: Sequence[str] = SAMPLERS,
     nfes: Sequence[int] = NFES,
     guidance: float | None = None,
@@ -106,7 +83,9 @@ def run_benchmark(
     max_reference: int | None = None,
     log: Callable[[str], None] = print,
 ) -> tuple[list[Row], int]:
-    """The floor row, then one row per (sampler, NFE); and the number of reference shapes."""
+    """The floor row, then one row per (sampler, NFE) of ``module`` (a ``DiffusionModule``); and the
+    number of reference shapes."""
+    domain = module.domain
     held_out, train = domain.split("val"), domain.split("train")
     reference, ref_labels = held_out.points, held_out.labels
     if max_reference is not None and len(reference) > max_reference:
@@ -131,9 +110,9 @@ def run_benchmark(
     labels = ref_labels if domain.num_classes > 0 else None
     for method in samplers:
         for nfe in nfes:
-            steps = steps_for_nfe(method, nfe, schedule)
+            steps = steps_for_nfe(method, nfe, module.schedule)
             with stopwatch() as watch:
-                samples = draw(denoiser, schedule, domain, labels, len(reference), method, steps, guidance, batch_size)
+                samples = draw(module, labels, len(reference), method, steps, guidance, batch_size)
             rows.append(Row(method, nfe, steps, metrics(samples), watch.seconds))
             log(f"{method} nfe={nfe} steps={steps}: {rows[-1].metrics} ({watch.seconds:.1f}s)")
     return rows, len(reference)
@@ -208,11 +187,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     from toolkit.module import load_module  # DiffusionModule.load_from_checkpoint: EMA weights, eval mode
 
     module = load_module(args.ckpt)
-    domain, denoiser, schedule = module.domain, module.denoiser(), module.schedule
-    rows, num_reference = run_benchmark(
-        domain, denoiser, schedule, args.samplers, args.nfe, guidance, args.batch_size, args.max_reference
-    )
-    body = report(rows, num_reference, describe(domain, args.ckpt, guidance))
+    rows, num_reference = run_benchmark(module, args.samplers, args.nfe, guidance, args.batch_size, args.max_reference)
+    body = report(rows, num_reference, describe(module.domain, args.ckpt, guidance))
     command = shlex.join(["python", "benchmarks/pointcloud_quality.py", *argv])
     path = write_results(args.out, "Point-cloud generation quality", command, body)
     print("\n".join(body))

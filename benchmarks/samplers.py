@@ -323,7 +323,7 @@ def measure_cell(
 
 def default_label(method: str) -> str:
     """The default spacing of ``method``, with its last noise level where that is not 0.002."""
-    return sampler.DEFAULT_SPACING[method] + (" to s(N)" if method in sampler.DEFAULT_SIGMA_MIN else "")
+    return sampler.SAMPLERS[method].spacing + (" to s(N)" if sampler.SAMPLERS[method].sigma_min is not None else "")
 
 
 def tuned_cell(method: str, nfe: int, gm: GaussianMixture, sched, n: int, dim: int) -> Cell:
@@ -383,7 +383,7 @@ def accuracy(
 
     rows, sweep, checks = [], [], []
     for method in samplers:
-        default = sampler.DEFAULT_SPACING[method]
+        default = sampler.SAMPLERS[method].spacing
         for spacing in (None, *(s for s in schedule.SPACINGS if s != default)):
             row = Row(f"{method}, {spacing or default_label(method)}", ours=True, kept=spacing is None)
             run = functools.partial(
@@ -497,7 +497,7 @@ def our_timing(method: str, shape: Sequence[int], steps: int = OVERHEAD_STEPS, r
 
     def prepare() -> tuple:
         grid = sampler.Grid.make(
-            sched, steps, sampler.DEFAULT_SPACING[method], 1.0, sampler.default_sigma_min(method, steps)
+            sched, steps, sampler.SAMPLERS[method].spacing, 1.0, sampler.default_sigma_min(method, steps)
         )
         noise = sampler.NoiseSource(seeds, shape[1:], "cpu", torch.float32)
         return grid, noise, noise()

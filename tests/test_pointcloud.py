@@ -649,16 +649,20 @@ def test_benchmark_class_matched_floor_subset():
 def test_benchmark_end_to_end_with_a_stand_in_denoiser(tmp_path):
     """A denoiser that always answers with one held-out shape: its samples all equal that shape
     (every sampler ends on the denoiser's answer), so COV is 1 / n and the rows are consistent."""
+    from omegaconf import OmegaConf
+
+    from toolkit.config import compose_config
+    from toolkit.module import DiffusionModule
+
     bench = load_benchmark("pointcloud_quality")
-    domain = PointCloudDomain(num_points=32, shapes_per_class=5, cache_dir=str(tmp_path), val_fraction=0.4)
-    target = domain.split("val").points[0]
+    overrides = ["domain=pointcloud", "domain.num_points=32", "domain.shapes_per_class=5", "domain.val_fraction=0.4"]
+    overrides += [f"domain.cache_dir={tmp_path}", "domain.net.dim=16", "domain.net.depth=1", "domain.net.heads=2"]
+    config = OmegaConf.to_container(compose_config([*overrides, "schedule=cosine"]), resolve=True)
+    module = DiffusionModule(config)
+    target = module.domain.split("val").points[0]
+    module.denoiser = lambda: lambda x_t, t, label=None: target.expand_as(x_t)
 
-    def denoiser(x_t, t, label=None):
-        return target.expand_as(x_t)
-
-    rows, n_ref = bench.run_benchmark(
-        domain, denoiser, schedule.get("cosine"), ["ddim", "heun"], [4], batch_size=3, log=lambda _: None
-    )
+    rows, n_ref = bench.run_benchmark(module, ["ddim", "heun"], [4], batch_size=3, log=lambda _: None)
     assert n_ref == 10 and [r.name for r in rows] == ["floor: train vs held-out", "ddim", "heun"]
     for row in rows[1:]:
         assert row.metrics["cov-cd"] == pytest.approx(1 / n_ref)

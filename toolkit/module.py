@@ -23,6 +23,7 @@ from torch import Tensor
 from toolkit.core import loss, sampler, schedule, tune
 from toolkit.core.denoiser import PREDICTIONS, Denoiser
 from toolkit.domains.base import Domain
+from toolkit.files import atomic_path
 
 
 def build_domain(domain_cfg: dict) -> Domain:
@@ -76,13 +77,10 @@ class DiffusionModule(L.LightningModule):
 
     # --- training -------------------------------------------------------------------------
 
-    def _loss(self, batch: dict[str, Tensor], generator: torch.Generator | None, drop_labels: bool) -> Tensor:
+    def _loss(self, batch: dict[str, Tensor], generator: torch.Generator | None, drop_cond: bool) -> Tensor:
         cfg = self.config["loss"]
         tb = self.domain.training_batch(batch, generator)
-        cond = dict(tb.cond)
-        if drop_labels and "label" in cond and cfg.get("p_uncond", 0.0) > 0:
-            drop = torch.rand(cond["label"].shape, device=self.device, generator=generator) < cfg["p_uncond"]
-            cond["label"] = torch.where(drop, self.domain.num_classes, cond["label"])
+        cond = self.drop_cond(tb.cond, cfg.get("p_uncond", 0.0), generator) if drop_cond else tb.cond
         return loss.diffusion_loss(
             self.net,
             tb.x,
@@ -95,15 +93,27 @@ class DiffusionModule(L.LightningModule):
             min_snr_gamma=cfg.get("min_snr_gamma", 5.0),
         )
 
+    def drop_cond(self, cond: dict[str, Tensor], p: float, generator: torch.Generator | None) -> dict[str, Tensor]:
+        """Condition dropout for classifier-free guidance: each sample's conditioning is replaced by
+        the domain's null conditioning (``Domain.null_cond``) with probability ``p``, for every key
+        the null differs in. No random draw when nothing can be dropped."""
+        null = self.domain.null_cond(cond)
+        keys = [k for k in cond if null[k] is not cond[k]]
+        if p <= 0 or not keys:
+            return cond
+        n = cond[keys[0]].shape[0]
+        drop = torch.rand((n,), device=self.device, generator=generator) < p
+        return {**cond, **{k: torch.where(drop.view(n, *[1] * (cond[k].ndim - 1)), null[k], cond[k]) for k in keys}}
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        value = self._loss(batch, None, drop_labels=True)
+        value = self._loss(batch, None, drop_cond=True)
         self.log("train/loss", value, prog_bar=True, batch_size=batch["x"].shape[0])
         return value
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         # Fixed times, noise and masks per batch, so validation losses compare across steps.
         generator = torch.Generator(device=self.device).manual_seed(batch_idx)
-        value = self._loss(batch, generator, drop_labels=False)
+        value = self._loss(batch, generator, drop_cond=False)
         self.log("val/loss", value, prog_bar=True, batch_size=batch["x"].shape[0], sync_dist=True)
         return value
 
@@ -170,12 +180,19 @@ class DiffusionModule(L.LightningModule):
         guidance: float | None = None,
         trajectory_every: int = 0,
         progress: bool = False,
+        *,
+        shape: tuple[int, ...] | None = None,
+        batch_size: int | None = None,
         **sampler_kwargs,
     ) -> dict:
         """Draw ``n`` samples in model space with the configured (or given) sampler settings.
 
         Returns a dict with ``x``, ``labels`` (or None), ``seeds`` and ``trajectory``: the clean
         estimates x0_hat every ``trajectory_every`` steps, [K, n, ...], ending with ``x`` (or None).
+        ``shape``: the batch shape ``(n, ...)`` when it is not the domain's (an edit such as
+        outpainting sets its own). ``batch_size``: at most that many samples per sampler call; each
+        sample comes from its own seed, so it is the same in any batch (up to the network's
+        floating-point rounding, which on some devices depends on the batch size).
         ``sampler_kwargs`` (known_mask/known_values, x_init/strength, ...) go to the sampler.
         """
         cfg = self.config["sampler"]
@@ -183,33 +200,61 @@ class DiffusionModule(L.LightningModule):
         steps = cfg["steps"] if steps is None else steps
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
         guidance = cfg.get("guidance") if guidance is None else guidance
         sampler_kwargs = {**sampler_options(cfg, method, steps), **sampler_kwargs}
         if sampler_kwargs.get("strength", 1.0) < 1.0:
             sampler_kwargs.pop("times", None)  # image-to-image starts part-way: a named spacing
         was_training = self.net.training
         self.net.eval()
-        shape, cond, inputs = self.sampling_inputs(n, seed, labels, guidance, sampler_kwargs.pop("cond", {}))
+        domain_shape, cond, inputs = self.sampling_inputs(n, seed, labels, guidance, sampler_kwargs.pop("cond", {}))
         inputs.update(sampler_kwargs)
-        shape = tuple(inputs.pop("shape", shape))  # an edit (outpainting) may set its own shape
+        shape = tuple(domain_shape if shape is None else shape)
         seeds = sampler.seeds_for(seed, n)
-        result = sampler.sample(
-            self.denoiser(),
-            shape,
-            self.schedule,
-            method,
-            steps,
-            seeds,
-            cond=cond,
-            trajectory_every=trajectory_every,
-            progress=progress,
-            device=self.device,
-            **inputs,
-        )
-        self.net.train(was_training)
-        x, traj = result if trajectory_every else (result, None)
-        trajectory = traj.x0_hat if traj is not None else None
+        parts = [slice(start, start + (batch_size or n)) for start in range(0, n, batch_size or n)]
+        if len(parts) > 1:  # split per sample: broadcast inputs first take the batch's shape
+            inputs = {
+                k: v.expand(shape) if k in BROADCAST_INPUTS and isinstance(v, Tensor) else v for k, v in inputs.items()
+            }
+        try:
+            results = [
+                sampler.sample(
+                    self.denoiser(),
+                    (len(seeds[part]), *shape[1:]),
+                    self.schedule,
+                    method,
+                    steps,
+                    seeds[part],
+                    cond=_batch_part(cond, part, n),
+                    trajectory_every=trajectory_every,
+                    progress=progress,
+                    device=self.device,
+                    **_batch_part(inputs, part, n),
+                )
+                for part in parts
+            ]
+        finally:
+            self.net.train(was_training)
+        if trajectory_every:
+            x, trajectory = torch.cat([r[0] for r in results]), torch.cat([r[1].x0_hat for r in results], dim=1)
+        else:
+            x, trajectory = torch.cat(results), None
         return {"x": x, "labels": cond.get("label"), "seeds": seeds, "trajectory": trajectory}
+
+
+# Sampler inputs that may broadcast over the batch (e.g. one mask for all samples).
+BROADCAST_INPUTS = ("known_mask", "known_values", "x_init")
+
+
+def _batch_part(value, part: slice, n: int):
+    """The samples ``part`` of per-sample tensors (leading dimension ``n``), also inside dicts;
+    other values as they are."""
+    if isinstance(value, dict):
+        return {k: _batch_part(v, part, n) for k, v in value.items()}
+    if isinstance(value, Tensor) and value.ndim > 0 and value.shape[0] == n:
+        return value[part]
+    return value
 
 
 def sampler_options(cfg: dict, method: str, steps: int) -> dict:
@@ -299,6 +344,22 @@ def load_module(path: str | Path, map_location: str = "cpu") -> DiffusionModule:
             "the file is damaged or was edited"
         ) from None
     return module.to(map_location).eval()
+
+
+def save_module(module: DiffusionModule, path: str | Path) -> Path:
+    """Write ``module`` as a checkpoint in Lightning's format that ``load_module`` (and Lightning's
+    ``DiffusionModule.load_from_checkpoint``) read: ``hyper_parameters.config`` and ``state_dict``,
+    without optimiser state. Written atomically (a temporary file renamed into place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint = {
+        "state_dict": module.state_dict(),
+        DiffusionModule.CHECKPOINT_HYPER_PARAMS_KEY: {"config": module.config},
+        "pytorch-lightning_version": L.__version__,
+    }
+    with atomic_path(path) as partial:
+        torch.save(checkpoint, partial)
+    return path
 
 
 def _summary(error: Exception) -> str:

@@ -17,31 +17,18 @@ mix of two runs.
 from __future__ import annotations
 
 import math
-import os
-import secrets
-import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from toolkit.cli import EXIT_USAGE, UsageError, fail  # noqa: F401 (EXIT_USAGE, UsageError: importable here)
 from toolkit.core.sampler import SAMPLERS
+from toolkit.files import atomic_path
 
-EXIT_USAGE = 2
 MAX_SEED = 2**63 - 1  # seeds are stored as int64 in samples.npz
 EDIT_OPTIONS = ("image", "mask", "strength", "left", "right", "top", "bottom")
-
-
-class UsageError(SystemExit):
-    """A user error: exits with status 2; ``str()`` is the message (printed by ``main``)."""
-
-    def __init__(self, message: str):
-        super().__init__(EXIT_USAGE)
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"error: {self.message}"
 
 
 # --- values -----------------------------------------------------------------------------------
@@ -224,20 +211,10 @@ def write_atomically(out: Path, overwrite: bool, write: Callable[[Path], list[Pa
     """Run ``write(folder)`` into a hidden folder next to ``out``, then swap it in for ``out`` (an
     earlier sample folder is removed as a whole). On any error nothing is left behind."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
-    staging.mkdir()
-    try:
+    with atomic_path(out) as staging:
+        staging.mkdir()
         paths = write(staging)
         check_out(out, overwrite)  # again: another process may have written there meanwhile
-        if out.is_dir():
-            old = staging.with_name(staging.name.replace(".partial-", ".old-"))
-            out.rename(old)
-            staging.rename(out)
-            shutil.rmtree(old)
-        else:
-            staging.rename(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return [out / path.relative_to(staging) for path in paths]
 
 
@@ -254,10 +231,11 @@ def run(args: dict) -> list[Path]:
     label = resolve_label(args["label"], domain.class_names, domain.num_classes)
     if args["guidance"] is not None and not domain.num_classes:
         raise ValueError(f"guidance={args['guidance']} given but this checkpoint is unconditional; drop guidance=")
-    extra = {}
+    extra, shape = {}, None
     if args["edit"] is not None:
         options = {k: args[k] for k in EDIT_OPTIONS if args[k] is not None}
         extra = domain.edit_inputs(args["edit"], n, **options)
+        shape = extra.pop("shape", None)  # an edit may change the sample size (outpainting)
     out = Path(args["out"])
     check_out(out, args["overwrite"])
     result = module.generate(
@@ -269,6 +247,7 @@ def run(args: dict) -> list[Path]:
         guidance=args["guidance"],
         trajectory_every=args["trajectory_every"],
         progress=True,
+        shape=shape,
         **extra,
     )
 
@@ -294,13 +273,6 @@ def main(argv: list[str] | None = None) -> None:
         print("interrupted: nothing was written to out", file=sys.stderr)
         raise SystemExit(130) from None
     print(f"wrote {len(paths)} files to {args['out']}")
-
-
-def fail(message: str) -> None:
-    """Print ``error: message`` on stderr and exit with status 2 (no traceback)."""
-    error = UsageError(message)
-    print(error, file=sys.stderr)
-    raise error from None
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ import inspect
 import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -21,7 +20,6 @@ import hydra
 import lightning as L
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
@@ -33,20 +31,14 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from toolkit import cli
 from toolkit.callbacks import copy_report, training_callbacks
+from toolkit.config import CONF_DIR, compose_config  # noqa: F401 (compose_config: its old home, still imported)
+from toolkit.files import atomic_path, write_text_atomic
 from toolkit.module import DiffusionModule, read_checkpoint
-from toolkit.resources import resource_dir
 
-CONF_DIR = str(resource_dir("conf"))
 RUN_DIR_ENV = "TOOLKIT_RUN_DIR"  # "<pid>:<folder>" of rank 0, inherited by the DDP processes Lightning starts
 USER_ERRORS = (ValueError, OSError, HydraException, OmegaConfBaseException, MisconfigurationException)
-
-
-def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
-    """The run config that ``python -m toolkit.train OVERRIDES...`` would use, composed outside a
-    Hydra run (for scripts, benchmarks and the imputation API)."""
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("config", overrides=list(overrides))
 
 
 # --- run folders --------------------------------------------------------------------------
@@ -82,9 +74,7 @@ def own_checkpoint_run(ckpt_path: str | os.PathLike | None) -> Path | None:
 
 def write_atomic(config: dict | DictConfig, path: Path) -> None:
     """Save a config as YAML through a temporary file renamed into place, never half-written."""
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".partial", delete=False) as handle:
-        handle.write(OmegaConf.to_yaml(OmegaConf.create(config)))
-    os.replace(handle.name, path)
+    write_text_atomic(path, OmegaConf.to_yaml(OmegaConf.create(config)))
 
 
 def save_hydra_files(cfg: DictConfig, run_dir: Path) -> None:
@@ -198,10 +188,8 @@ class AtomicModelCheckpoint(ModelCheckpoint):
     disk is never half-written, even if the run dies while saving."""
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
-        partial = f"{filepath}.partial"
-        trainer.save_checkpoint(partial, self.save_weights_only)
-        if trainer.is_global_zero:
-            os.replace(partial, filepath)
+        with atomic_path(filepath, commit=trainer.is_global_zero) as partial:  # rank 0 writes it
+            trainer.save_checkpoint(partial, self.save_weights_only)
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
         trainer.strategy.barrier("AtomicModelCheckpoint")
@@ -345,9 +333,7 @@ def fail(error: BaseException) -> None:
     cause = error.__cause__
     if isinstance(error, HydraException) and cause is not None and str(cause).strip():
         lines = [lines[0], str(cause).strip().splitlines()[0] + "; python -m toolkit.train --help lists the keys"]
-    message = lines[0] if len(lines) == 1 else f"{lines[0]}\n  {' '.join(lines[1:])[:400]}"
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(lines[0] if len(lines) == 1 else f"{lines[0]}\n  {' '.join(lines[1:])[:400]}")
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")

@@ -7,6 +7,9 @@ Writes the grid into ``<run>/tuned_steps.json`` (one entry per method and step c
 of the checkpoint whose sampler config uses it, ``<ckpt stem>_tuned.ckpt`` next to the checkpoint:
 ``python -m toolkit.sample ckpt=<that copy> out=DIR`` samples with the tuned grid. With another
 config, pass ``sampler.spacing=tuned sampler.grid_file=<run>/tuned_steps.json``.
+
+A user error (a bad argument, a file that is not a checkpoint) prints one ``error: ...`` line and
+exits with status 2, as the other commands do.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from toolkit import cli
 from toolkit.core import tune
+from toolkit.files import atomic_path
 from toolkit.module import load_module
 
 DEFAULTS = {
@@ -33,21 +38,22 @@ DEFAULTS = {
 
 
 def parse_args(argv: list[str]) -> dict:
+    """``key=value`` arguments over DEFAULTS; raises ValueError naming a bad one."""
     bad = [a for a in argv if "=" not in a]
     if bad:
-        raise SystemExit(f"arguments are key=value pairs; got {bad}. Example: ckpt=last.ckpt nfe=10")
+        raise ValueError(f"arguments are key=value pairs; got {bad}. Example: ckpt=last.ckpt nfe=10")
     given = OmegaConf.to_container(OmegaConf.from_dotlist(argv))
     unknown = sorted(set(given) - set(DEFAULTS))
     if unknown:
-        raise SystemExit(f"unknown argument(s) {unknown}; known: {sorted(DEFAULTS)}")
+        raise ValueError(f"unknown argument(s) {unknown}; known: {sorted(DEFAULTS)}")
     args = {**DEFAULTS, **given}
     if args["ckpt"] is None:
-        raise SystemExit(
+        raise ValueError(
             "ckpt=... is required. Example: python -m toolkit.tune_steps ckpt=runs/image/T/checkpoints/last.ckpt nfe=10"
         )
     for key in ("nfe", "draws", "candidates"):
         if not isinstance(args[key], int) or args[key] < 1:
-            raise SystemExit(f"{key} must be a positive int, got {args[key]!r}")
+            raise ValueError(f"{key} must be a positive int, got {args[key]!r}")
     return args
 
 
@@ -83,16 +89,16 @@ def run(args: dict) -> tuple[tune.TunedGrid, Path, Path]:
     sampler_cfg = checkpoint["hyper_parameters"]["config"]["sampler"]
     sampler_cfg.update(method=method, steps=grid.steps, spacing="tuned", grid_file=str(grid_file.resolve()))
     copy = ckpt.with_name(f"{ckpt.stem}_tuned.ckpt")
-    torch.save(checkpoint, copy)
+    with atomic_path(copy) as partial:
+        torch.save(checkpoint, partial)
     return grid, grid_file, copy
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        grid, grid_file, copy = run(args)
+        grid, grid_file, copy = run(parse_args(sys.argv[1:] if argv is None else argv))
     except (ValueError, FileNotFoundError) as error:
-        raise SystemExit(f"error: {error}") from None
+        cli.fail(str(error))
     print(
         f"{grid.method}, {grid.steps} steps ({grid.nfe} evaluations): distance to the many-step solution "
         f"{grid.error:.4g} with the tuned grid, {grid.default_error:.4g} with the default one\n"

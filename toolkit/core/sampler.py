@@ -1,10 +1,11 @@
 """Samplers over a denoiser ``D(x_t, t, **cond) -> x0_hat``.
 
-``sample`` does what is common to all: per-sample seeded noise, the time grid, classifier-free
-guidance, the known region (inpainting, imputation), image-to-image start times, trajectories
-and the progress bar. Each method is then one short function over ``model(x, i) -> x0_hat``
-(the guided, known-region-aware denoiser at grid point i) and the grid's ``alpha``/``sigma``.
-Adding a sampler means adding one function to ``SAMPLERS``.
+``sample`` does what is common to all: per-sample seeded noise and the time grid; it wraps the
+denoiser for classifier-free guidance and the known region (``toolkit.core.wrappers``), and reports
+every step to callbacks (the progress bar, the trajectory, the caller's own). Each method is one
+short function over ``model(x, i) -> x0_hat`` (the wrapped denoiser at grid point i) and the grid's
+``alpha``/``sigma``. Adding a sampler means adding one function and its entry in ``SAMPLERS``,
+the registry that also declares its default spacing.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -20,6 +21,7 @@ from tqdm.auto import tqdm
 
 from toolkit.core import schedule as schedules
 from toolkit.core.schedule import Schedule
+from toolkit.core.wrappers import DenoiserFn, KnownRegion, guided
 
 
 @dataclass
@@ -319,52 +321,72 @@ def unipc(
     return x
 
 
-SAMPLERS: dict[str, Callable[..., Tensor]] = {
-    "ddpm": ddpm,
-    "ddim": ddim,
-    "dpmpp_2m": dpmpp_2m,
-    "heun": heun,
-    "euler": euler,
-    "dpmpp_3m": dpmpp_3m,
-    "unipc": unipc,
-}
+@dataclass(frozen=True)
+class Method:
+    """A sampler as the registry declares it: its step function, the spacing of its default grid
+    with the noise level of that grid's last evaluation at 10 steps or fewer (``sigma_min``; None:
+    the schedule's 0.002), and the step count below which it warns (``few_steps``, with the
+    reason), which may depend on the method's ``order`` option (``few_steps_by_order``)."""
+
+    step: Callable[..., Tensor]
+    spacing: str
+    sigma_min: float | None = None
+    few_steps: tuple[int, str] = (0, "")
+    few_steps_by_order: dict[int, tuple[int, str]] = field(default_factory=dict)
+
+    def default_sigma_min(self, steps: int) -> float | None:
+        """The last noise level of the default grid at ``steps`` steps: ``sigma_min`` up to 10
+        steps, then ``sigma_min * (10 / steps)^2``, down to 0.002 (None: 0.002)."""
+        if self.sigma_min is None:
+            return None
+        return max(schedules.SAMPLING_SIGMA_MIN, self.sigma_min * min(1.0, (10 / steps) ** 2))
+
+    def min_steps(self, options: dict) -> tuple[int, str]:
+        """The fewest steps that are accurate with these method options, and why."""
+        return self.few_steps_by_order.get(options.get("order"), self.few_steps)
+
+
+_FIRST_ORDER = "a first-order method"
+_THIRD_ORDER = (8, "its third-order extrapolation overshoots on long steps")
 # Defaults chosen by measurement on the exact mixtures (benchmarks/results/samplers.md): the
 # multistep and Heun samplers step uniformly in logSNR, and with few steps make their last
 # evaluation at a higher noise level (0.05 up to 10 steps, then 0.05 (10/steps)^2 down to 0.002):
-# below it the clean estimate barely changes, and few steps are better spent higher up.
-DEFAULT_SPACING = {
-    "ddpm": "uniform",
-    "ddim": "uniform",
-    "dpmpp_2m": "logsnr",
-    "heun": "logsnr",
-    "euler": "logsnr",
-    "dpmpp_3m": "logsnr",
-    "unipc": "logsnr",
+# below it the clean estimate barely changes, and few steps are better spent higher up. Below
+# ``few_steps`` a method's error on the mixtures is several times that of the best method at the
+# same number of evaluations: sample() warns with the advice.
+SAMPLERS: dict[str, Method] = {
+    "ddpm": Method(
+        ddpm, "uniform", few_steps=(20, "ancestral sampling adds fresh noise at every step and needs many of them")
+    ),
+    "ddim": Method(ddim, "uniform", few_steps=(10, _FIRST_ORDER)),
+    "dpmpp_2m": Method(dpmpp_2m, "logsnr", 0.05),
+    "heun": Method(
+        heun,
+        "logsnr",
+        0.05,
+        few_steps=(10, "two evaluations per step, so half the steps of a multistep method at equal cost"),
+    ),
+    "euler": Method(euler, "logsnr", 0.05, few_steps=(10, _FIRST_ORDER)),
+    "dpmpp_3m": Method(dpmpp_3m, "logsnr", 0.05, few_steps=_THIRD_ORDER),
+    "unipc": Method(unipc, "logsnr", 0.05, few_steps_by_order={3: _THIRD_ORDER}),
 }
-DEFAULT_SIGMA_MIN = {"dpmpp_2m": 0.05, "heun": 0.05, "euler": 0.05, "dpmpp_3m": 0.05, "unipc": 0.05}
+
+
+def method_spec(method: str) -> Method:
+    """The registry entry of ``method``; ValueError naming the choices for an unknown one."""
+    if method not in SAMPLERS:
+        raise ValueError(f"unknown sampler {method!r}; choose one of {sorted(SAMPLERS)}")
+    return SAMPLERS[method]
+
+
+def get(method: str) -> Callable[..., Tensor]:
+    """The step function of ``method``."""
+    return method_spec(method).step
 
 
 def default_sigma_min(method: str, steps: int) -> float | None:
     """The last noise level of ``method``'s default grid at ``steps`` steps (None: 0.002)."""
-    top = DEFAULT_SIGMA_MIN.get(method)
-    return None if top is None else max(schedules.SAMPLING_SIGMA_MIN, top * min(1.0, (10 / steps) ** 2))
-
-
-# Below these step counts a method's error on the mixtures is several times that of the best
-# method at the same number of evaluations: sample() warns with the advice.
-FEW_STEPS = {
-    "ddpm": (20, "ancestral sampling adds fresh noise at every step and needs many of them"),
-    "ddim": (10, "a first-order method"),
-    "euler": (10, "a first-order method"),
-    "heun": (10, "two evaluations per step, so half the steps of a multistep method at equal cost"),
-    "dpmpp_3m": (8, "its third-order extrapolation overshoots on long steps"),
-}
-
-
-def get(method: str) -> Callable[..., Tensor]:
-    if method not in SAMPLERS:
-        raise ValueError(f"unknown sampler {method!r}; choose one of {sorted(SAMPLERS)}")
-    return SAMPLERS[method]
+    return method_spec(method).default_sigma_min(steps)
 
 
 def seeds_for(seed: int | Sequence[int], n: int) -> list[int]:
@@ -388,8 +410,73 @@ def _as_batch(v: Tensor | None, shape: tuple[int, ...], name: str, device, dtype
         raise ValueError(f"{name} of shape {tuple(v.shape)} does not broadcast to the sample shape {shape}") from None
 
 
+# --- callbacks: what watches the sampling, called once per step ---------------------------------
+
+
+@dataclass
+class Step:
+    """What a callback sees after the denoiser's evaluation at grid point ``i`` (time ``t``)."""
+
+    i: int
+    t: float
+    x_t: Tensor
+    x0_hat: Tensor
+
+
+Callback = Callable[[Step], None]
+
+
+class TrajectoryRecorder:
+    """A callback that keeps x_t and x0_hat every ``every`` steps."""
+
+    def __init__(self, every: int):
+        self.every, self.snapshots = every, []
+
+    def __call__(self, step: Step) -> None:
+        if step.i % self.every == 0:
+            self.snapshots.append((step.t, step.x_t.detach().clone(), step.x0_hat.detach().clone()))
+
+    def trajectory(self, x: Tensor) -> Trajectory:
+        """The snapshots and the final result ``x`` (at t = 0)."""
+        snapshots = [*self.snapshots, (0.0, x, x)]
+        return Trajectory(
+            t=torch.tensor([s[0] for s in snapshots]),
+            x_t=torch.stack([s[1] for s in snapshots]),
+            x0_hat=torch.stack([s[2] for s in snapshots]),
+        )
+
+
+class ProgressBar:
+    """A callback that advances a tqdm bar by one step (``close`` when sampling ends)."""
+
+    def __init__(self, total: int, desc: str, enabled: bool = True):
+        self.bar = tqdm(total=total, desc=desc, disable=not enabled, leave=False)
+
+    def __call__(self, step: Step) -> None:
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _on_grid(denoiser: DenoiserFn, grid: Grid, cond: dict, n: int, device, dtype, callbacks: list[Callback]) -> Model:
+    """The ``model(x, i) -> x0_hat`` step functions call: the denoiser at grid point i, reporting
+    each step's evaluation to the callbacks (an extra evaluation within a step passes record=False)."""
+
+    def model(x_t: Tensor, i: int, record: bool = True) -> Tensor:
+        t = torch.full((n,), grid.t[i], device=device, dtype=dtype)
+        x0 = denoiser(x_t, t, **cond)
+        if record:
+            step = Step(i, grid.t[i], x_t, x0)
+            for callback in callbacks:
+                callback(step)
+        return x0
+
+    return model
+
+
 def sample(
-    denoiser: Callable[..., Tensor],
+    denoiser: DenoiserFn,
     shape: Sequence[int],
     schedule: Schedule | str,
     method: str = "dpmpp_2m",
@@ -410,32 +497,65 @@ def sample(
     progress: bool = False,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
+    callback: Callback | None = None,
     **method_options,
 ) -> Tensor | tuple[Tensor, Trajectory]:
     """Draw ``shape[0]`` samples by removing noise step by step.
 
     - ``cond``: keyword tensors for the denoiser (labels, observed values...).
-    - ``guidance`` with ``uncond``: classifier-free guidance,
+    - ``guidance`` with ``uncond``: classifier-free guidance (``guided``),
       ``x0 = x0(uncond) + guidance * (x0(cond) - x0(uncond))``; ``uncond`` may be a negative prompt.
-    - ``known_mask`` (1 = known) with ``known_values``: the known region is held at its value in
-      every clean estimate, so the noisy state carries it at the right noise level, and it is
-      returned exactly (inpainting, outpainting, imputation). This replacement conditioning is
-      approximate for the rest: it is denoised against a noisy copy of the known part, and lands
+    - ``known_mask`` (1 = known) with ``known_values``: the known region (``KnownRegion``) is held
+      at its value in every clean estimate, so the noisy state carries it at the right noise level,
+      and it is returned exactly (inpainting, outpainting, imputation). This replacement conditioning
+      is approximate for the rest: it is denoised against a noisy copy of the known part, and lands
       short of the exact conditional; a network conditioned on the known values is exact.
     - ``x_init`` with ``strength`` in (0, 1]: start from ``x_init`` noised to t = strength
       (image-to-image); strength 1 ignores x_init's content.
     - ``spacing``: ``uniform``, ``logsnr`` or ``karras``, with ``sigma_min`` the noise level of the
-      last evaluation before the final step to clean data; by default the method's own
-      (``DEFAULT_SPACING``, ``default_sigma_min``). Few steps for a method that needs more warn.
+      last evaluation before the final step to clean data; by default the method's own (its
+      ``SAMPLERS`` entry). Few steps for a method that needs more warn.
       ``tuned`` with ``times``: an explicit grid (``toolkit.core.tune``), steps + 1 times down to 0.
     - ``trajectory_every=k``: also return a ``Trajectory`` of x_t and x0_hat every k steps
       (and the final result), to watch noise turn into a result.
+    - ``callback``: called with a ``Step`` after each step's denoiser evaluation (as the progress
+      bar and the trajectory are).
     - ``method_options``: e.g. ``eta`` for ddim.
     """
-    step_fn = get(method)
+    spec = method_spec(method)
     sched = schedules.get(schedule)
     shape = tuple(int(d) for d in shape)
-    n = shape[0]
+    _check_inputs(steps, strength, x_init, known_mask, known_values, guidance, uncond)
+    device = torch.device(device) if device is not None else _infer_device(cond, x_init, known_values)
+    noise = NoiseSource(seeds_for(seed, shape[0]), shape[1:], device, dtype)
+    grid = _grid(sched, method, spec, steps, strength, spacing, sigma_min, times, method_options)
+    if guidance is not None:
+        denoiser = guided(denoiser, guidance, uncond)
+    known = None
+    if known_mask is not None:
+        known = KnownRegion(
+            _as_batch(known_mask, shape, "known_mask", device, dtype),
+            _as_batch(known_values, shape, "known_values", device, dtype),
+        )
+        denoiser = known.wrap(denoiser)
+    x_init = _as_batch(x_init, shape, "x_init", device, dtype)
+    x = noise()
+    if x_init is not None and strength < 1.0:
+        x = grid.alpha[0] * x_init + grid.sigma[0] * x
+
+    recorder = TrajectoryRecorder(trajectory_every) if trajectory_every else None
+    bar = ProgressBar(len(grid) - 1, f"sampling ({method})", enabled=progress)
+    callbacks = [c for c in (bar, recorder, callback) if c is not None]
+    model = _on_grid(denoiser, grid, cond or {}, shape[0], device, dtype, callbacks)
+    with torch.no_grad():
+        x = spec.step(model, x, grid, noise, **method_options)
+    bar.close()
+    if known is not None:
+        x = known.impose(x)
+    return x if recorder is None else (x, recorder.trajectory(x))
+
+
+def _check_inputs(steps, strength, x_init, known_mask, known_values, guidance, uncond) -> None:
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if not 0.0 < strength <= 1.0:
@@ -446,67 +566,27 @@ def sample(
         raise ValueError("known_mask and known_values go together: pass both or neither")
     if guidance is not None and uncond is None:
         raise ValueError("guidance needs uncond, the unconditional (or negative) conditioning")
-    device = torch.device(device) if device is not None else _infer_device(cond, x_init, known_values)
-    noise = NoiseSource(seeds_for(seed, n), shape[1:], device, dtype)
+
+
+def _grid(sched, method, spec, steps, strength, spacing, sigma_min, times, options) -> Grid:
+    """The time grid: explicit ``times`` (tuned), a named spacing, or the method's default; warns
+    when the step count is too low for the method (a tuned grid is the remedy it would suggest)."""
     if spacing is None and times is not None:
         spacing = "tuned"
-    if spacing != "tuned":  # a tuned grid is the remedy the warning would suggest
-        _warn_few_steps(method, steps, method_options)
+    if spacing != "tuned":
+        _warn_few_steps(method, spec, steps, options)
     if spacing is None:
-        spacing, sigma_min = DEFAULT_SPACING[method], sigma_min or default_sigma_min(method, steps)
-    grid = Grid.make(sched, steps, spacing, strength, sigma_min, times)
-    mask = _as_batch(known_mask, shape, "known_mask", device, dtype)
-    known = _as_batch(known_values, shape, "known_values", device, dtype)
-    x_init = _as_batch(x_init, shape, "x_init", device, dtype)
-
-    x = noise()
-    if x_init is not None and strength < 1.0:
-        x = grid.alpha[0] * x_init + grid.sigma[0] * x
-
-    snapshots: list[tuple[float, Tensor, Tensor]] = []
-    bar = tqdm(total=len(grid) - 1, desc=f"sampling ({method})", disable=not progress, leave=False)
-
-    def model(x_t: Tensor, i: int, record: bool = True) -> Tensor:
-        t = torch.full((n,), grid.t[i], device=device, dtype=dtype)
-        if guidance is None:
-            x0 = denoiser(x_t, t, **(cond or {}))
-        else:
-            both = {k: torch.cat([cond[k], uncond[k]]) for k in cond} if cond else {}
-            x0_c, x0_u = denoiser(torch.cat([x_t, x_t]), torch.cat([t, t]), **both).chunk(2)
-            x0 = x0_u + guidance * (x0_c - x0_u)
-        if mask is not None:
-            x0 = torch.where(mask > 0, known, x0)
-        if record:
-            bar.update(1)
-            if trajectory_every and i % trajectory_every == 0:
-                snapshots.append((grid.t[i], x_t.detach().clone(), x0.detach().clone()))
-        return x0
-
-    with torch.no_grad():
-        x = step_fn(model, x, grid, noise, **method_options)
-    bar.close()
-    if mask is not None:
-        x = torch.where(mask > 0, known, x)
-    if not trajectory_every:
-        return x
-    snapshots.append((0.0, x, x))
-    traj = Trajectory(
-        t=torch.tensor([s[0] for s in snapshots]),
-        x_t=torch.stack([s[1] for s in snapshots]),
-        x0_hat=torch.stack([s[2] for s in snapshots]),
-    )
-    return x, traj
+        spacing, sigma_min = spec.spacing, sigma_min or spec.default_sigma_min(steps)
+    return Grid.make(sched, steps, spacing, strength, sigma_min, times)
 
 
-def _warn_few_steps(method: str, steps: int, options: dict) -> None:
-    limit, why = FEW_STEPS.get(method, (0, ""))
-    if method == "unipc" and options.get("order", 2) >= 3:
-        limit, why = 8, "its third-order extrapolation overshoots on long steps"
+def _warn_few_steps(method: str, spec: Method, steps: int, options: dict) -> None:
+    limit, why = spec.min_steps(options)
     if steps < limit:
         warnings.warn(
             f"{method} with {steps} steps is inaccurate ({why}): use at least {limit} steps, or "
             "method='unipc' or 'dpmpp_2m', the most accurate at few steps",
-            stacklevel=3,
+            stacklevel=4,
         )
 
 

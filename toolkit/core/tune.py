@@ -154,7 +154,7 @@ def tune(
 
 
 def _default_times(sched: Schedule, method: str, steps: int) -> list[float]:
-    spacing, sigma_min = sampler.DEFAULT_SPACING[method], sampler.default_sigma_min(method, steps)
+    spacing, sigma_min = sampler.SAMPLERS[method].spacing, sampler.default_sigma_min(method, steps)
     return sampler.Grid.make(sched, steps, spacing, 1.0, sigma_min).t
 
 
