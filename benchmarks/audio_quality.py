@@ -29,7 +29,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -186,6 +186,7 @@ class Row:
     steps: int
     result: Scored
     ms_per_sample: float
+    guidance: float = 1.0
 
 
 @dataclass
@@ -196,6 +197,7 @@ class Benchmark:
     reference: Reference
     rows: list[Row]
     round_trip: list[Scored]
+    swept: list[Row] = field(default_factory=list)
 
 
 def run(
@@ -208,9 +210,11 @@ def run(
     classifier_epochs: int,
     seed: int,
     log: Callable[[str], None] = print,
+    sweep: tuple[str, int, Sequence[float]] | None = None,
 ) -> Benchmark:
     """Train the classifier, score the held-out split through the round trip, then every sampler
-    at every NFE; dpmpp_2m at 20 NFE (when in the grid) also through the round trip."""
+    at every NFE; dpmpp_2m at 20 NFE (when in the grid) also through the round trip. ``sweep``
+    (sampler, NFE, guidance scales) adds one row per scale."""
     domain = module.domain
     num_classes = domain.num_classes
     (train_x, train_labels), (held_out_x, held_out_labels) = domain_splits(domain)
@@ -227,23 +231,34 @@ def run(
         scored("held-out clips, waveform round trip", reference, held_out_trip, held_out_labels, num_classes),
     ]
     labels = torch.arange(n_per_class * num_classes) % num_classes
-    rows = []
     log(format_rows([])[0])
+
+    def row(method: str, budget: int, scale: float) -> tuple[Row, Tensor]:
+        steps = steps_for_nfe(method, budget, module.schedule)
+        with stopwatch() as watch:
+            samples, nfe = draw_samples(module, labels, method, steps, scale, batch_size)
+            samples = samples.clamp(-1, 1)
+        result = scored(method, reference, samples, labels, num_classes)
+        drawn = Row(method, budget, nfe, steps, result, 1000 * watch.seconds / len(labels), scale)
+        log(format_rows([drawn])[-1])
+        return drawn, samples
+
+    rows = []
     for method in samplers:
         for budget in nfes:
-            steps = steps_for_nfe(method, budget, module.schedule)
-            with stopwatch() as watch:
-                samples, nfe = draw_samples(module, labels, method, steps, guidance, batch_size)
-                samples = samples.clamp(-1, 1)
-            result = scored(method, reference, samples, labels, num_classes)
-            rows.append(Row(method, budget, nfe, steps, result, 1000 * watch.seconds / len(labels)))
-            log(format_rows(rows[-1:])[-1])
+            drawn, samples = row(method, budget, guidance)
+            rows.append(drawn)
             if (method, budget) == (ROUND_TRIP_METHOD, ROUND_TRIP_NFE):
                 name = f"{method} samples at {budget} NFE"
                 trip = waveform_round_trip(domain, samples)
                 round_trip.append(scored(name, reference, samples, labels, num_classes))
                 round_trip.append(scored(f"{name}, waveform round trip", reference, trip, labels, num_classes))
-    return Benchmark(reference, rows, round_trip)
+    swept = []
+    if sweep is not None:
+        method, budget, scales = sweep
+        done = {(r.method, r.budget, r.guidance): r for r in rows}
+        swept = [done.get((method, budget, scale)) or row(method, budget, scale)[0] for scale in scales]
+    return Benchmark(reference, rows, round_trip, swept)
 
 
 def score_cells(s: Scored) -> list[str]:
@@ -262,8 +277,10 @@ SCORE_HEADER = ["accuracy %", "95% interval", "worst class %", "FD", "FD / floor
 
 
 def format_rows(rows: Sequence[Row]) -> list[str]:
-    header = ["sampler", "NFE", "steps", *SCORE_HEADER, "ms / sample"]
-    cells = [[r.method, r.nfe, r.steps, *score_cells(r.result), f"{r.ms_per_sample:.0f}"] for r in rows]
+    header = ["sampler", "NFE", "steps", *SCORE_HEADER, "ms / sample", "guidance"]
+    cells = [
+        [r.method, r.nfe, r.steps, *score_cells(r.result), f"{r.ms_per_sample:.0f}", f"{r.guidance:g}"] for r in rows
+    ]
     return markdown_table(header, cells)
 
 
@@ -388,6 +405,24 @@ def report(module, ckpt: Path, bench: Benchmark, args, seconds: float) -> list[s
         "",
         *verdict(bench.rows),
         *observations(bench, args.n_per_class, args.guidance, domain.class_names),
+        *guidance_section(bench.swept),
+    ]
+
+
+def guidance_section(swept: Sequence[Row]) -> list[str]:
+    """The guidance sweep's rows and what they show, or nothing without a sweep."""
+    if not swept:
+        return []
+    trend = "; ".join(
+        f"{r.guidance:g}: {100 * r.result.accuracy:.1f}%, FD {r.result.fd / r.result.floor:.2f}x" for r in swept
+    )
+    return [
+        "",
+        f"## Guidance at {swept[0].budget} NFE ({swept[0].method})",
+        "",
+        *format_rows(swept),
+        "",
+        f"Accuracy and FD / floor per guidance scale: {trend}.",
     ]
 
 
@@ -401,6 +436,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--ckpt", type=Path, required=True, help="checkpoint of `python -m toolkit.train domain=audio`")
     parser.add_argument("--n-per-class", type=int, default=DEFAULT_N_PER_CLASS, help="samples per class for every row")
     parser.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale (1 = none)")
+    parser.add_argument("--sweep-guidance", type=float, nargs="*", default=[], help="guidance scales to sweep")
+    parser.add_argument("--sweep-sampler", default="unipc", choices=sorted(sampler.SAMPLERS))
+    parser.add_argument("--sweep-nfe", type=int, default=10, help="NFE of the guidance sweep")
     parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=sorted(sampler.SAMPLERS))
     parser.add_argument("--nfe", nargs="+", type=int, default=list(NFES))
     parser.add_argument(
@@ -434,6 +472,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
             args.batch_size,
             args.classifier_epochs,
             args.seed,
+            sweep=(args.sweep_sampler, args.sweep_nfe, args.sweep_guidance) if args.sweep_guidance else None,
         )
     body = report(module, args.ckpt, bench, args, total.seconds)
     path = write_results(args.out, "Audio quality: class-conditional spoken digits", reproduce_command(argv), body)

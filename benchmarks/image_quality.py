@@ -13,7 +13,7 @@ classifier reports:
   distance to the nearest training image over the held-out split's, in pixels and in the classifier's
   features (``toolkit.metrics.memorisation``).
 
-Then dpmpp_2m at 20 NFE runs for each ``--sweep-guidance`` value.
+Then ``--sweep-sampler`` (dpmpp_2m) at ``--sweep-nfe`` (20) runs for each ``--sweep-guidance`` value.
 
     python benchmarks/image_quality.py --ckpt runs/image/<run>/checkpoints/last.ckpt
 
@@ -184,8 +184,9 @@ def run(
     sweep: Sequence[float],
     batch_size: int,
     log: Callable[[str], None] = print,
+    sweep_at: tuple[str, int] = (SWEEP_METHOD, SWEEP_NFE),
 ) -> tuple[list[Row], list[Row]]:
-    """The sampler x NFE rows at ``guidance``, then the guidance sweep (dpmpp_2m, 20 NFE)."""
+    """The sampler x NFE rows at ``guidance``, then the guidance sweep (``sweep_at``: sampler, NFE)."""
     num_classes = module.domain.num_classes
     labels = torch.arange(n_per_class * num_classes) % num_classes
     done: dict[tuple[str, int, float], Row] = {}
@@ -199,7 +200,7 @@ def run(
 
     log(format_rows([], reference.floor)[0])
     grid = [row(method, nfe, guidance) for method in samplers for nfe in nfes]
-    swept = [row(SWEEP_METHOD, SWEEP_NFE, scale) for scale in sweep]
+    swept = [row(*sweep_at, scale) for scale in sweep]
     return grid, swept
 
 
@@ -289,7 +290,7 @@ def report(
         "",
         *format_rows(grid, reference.floor),
         "",
-        f"## Guidance at {SWEEP_NFE} NFE ({SWEEP_METHOD})",
+        f"## Guidance at {args.sweep_nfe} NFE ({args.sweep_sampler})",
         "",
         *format_rows(swept, reference.floor),
         "",
@@ -322,7 +323,8 @@ def observations(grid: Sequence[Row], swept: Sequence[Row], floor: float) -> lis
         ordered = sorted(swept, key=lambda r: r.guidance)
         fd_grows = all(a.fd < b.fd for a, b in zip(ordered, ordered[1:]))
         note = " FD grows with guidance: stronger guidance narrows the samples' variety." if fd_grows else ""
-        lines.append(f"- Guidance at {SWEEP_NFE} NFE ({SWEEP_METHOD}), accuracy and FD/floor per scale: {trend}.{note}")
+        at = f"{swept[0].budget} NFE ({swept[0].method})"
+        lines.append(f"- Guidance at {at}, accuracy and FD/floor per scale: {trend}.{note}")
     return ["", *lines] if lines else []
 
 
@@ -338,6 +340,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--n-per-class", type=int, default=20, help="samples drawn per class for every row")
     parser.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale (1 = none)")
     parser.add_argument("--sweep-guidance", type=float, nargs="*", default=[1.0, 2.0, 3.0])
+    parser.add_argument("--sweep-sampler", default=SWEEP_METHOD, choices=sorted(sampler.SAMPLERS))
+    parser.add_argument("--sweep-nfe", type=int, default=SWEEP_NFE, help="NFE of the guidance sweep")
     parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=sorted(sampler.SAMPLERS))
     parser.add_argument("--nfe", nargs="+", type=int, default=list(NFES))
     parser.add_argument("--batch-size", type=int, default=250, help="samples per sampler call")
@@ -372,6 +376,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
             args.guidance,
             args.sweep_guidance,
             args.batch_size,
+            sweep_at=(args.sweep_sampler, args.sweep_nfe),
         )
     body = report(module, args.ckpt, reference, grid, swept, args, total.seconds)
     path = write_results(args.out, "Image quality: class-conditional digits", reproduce_command(argv), body)
