@@ -34,7 +34,13 @@ from torch import Tensor, nn
 
 from toolkit import viz
 from toolkit.domains.base import Domain
-from toolkit.domains.data import TensorDictDataModule, check_class_names, scan_class_folders, split_indices
+from toolkit.domains.data import (
+    TensorDictDataModule,
+    check_class_names,
+    check_val_fraction,
+    scan_class_folders,
+    split_indices,
+)
 from toolkit.resources import resource_dir, torchaudio_load_error
 
 try:
@@ -136,8 +142,7 @@ class AudioDomain(Domain):
             raise ValueError(f"min_db must be below max_db, got {min_db} >= {max_db}")
         if griffin_lim_iters < 1 or nnls_iters < 0:
             raise ValueError(f"need griffin_lim_iters >= 1 and nnls_iters >= 0, got {griffin_lim_iters}, {nnls_iters}")
-        if not 0 <= val_fraction < 1:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        check_val_fraction(val_fraction)
 
         self.root = Path(root).expanduser() if root is not None else DEFAULT_ROOT
         self.sample_rate = int(sample_rate)

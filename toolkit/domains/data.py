@@ -91,6 +91,11 @@ def check_class_names(root: Path, found: list[str] | None, expected: list[str] |
         )
 
 
+def check_val_fraction(val_fraction: float) -> None:
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+
+
 def held_out_count(n: int, val_fraction: float) -> int:
     """How many of ``n`` examples validate: the fraction rounded, but at least 1 and at most n-1
     when the fraction is positive and there are two or more."""
@@ -113,8 +118,7 @@ def split_indices(
     ``permutation(k)`` draws a permutation of ``range(k)``; by default ``torch.randperm`` with one
     generator seeded by ``seed``. A domain may pass its own so that earlier splits stay the same.
     """
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    check_val_fraction(val_fraction)
     if permutation is None:
         generator = torch.Generator().manual_seed(seed)
         permutation = lambda k: torch.randperm(k, generator=generator)  # noqa: E731

@@ -49,6 +49,7 @@ from toolkit.domains.data import (
     NOTE_SUFFIXES,
     TensorDictDataModule,
     check_class_names,
+    check_val_fraction,
     scan_class_folders,
     split_indices,
 )
@@ -474,8 +475,7 @@ class PointCloudDomain(Domain):
             raise ValueError(f"unknown normalization {normalization!r}; choose one of {NORMALIZATIONS}")
         if num_points < 1:
             raise ValueError(f"num_points must be >= 1, got {num_points}")
-        if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        check_val_fraction(val_fraction)
         self.data_dir = Path(data_dir).expanduser() if data_dir else None
         self.num_points, self.normalization, self.val_fraction = num_points, normalization, val_fraction
         self.shapes_per_class, self.cache_dir, self.seed = shapes_per_class, cache_dir, seed
