@@ -154,6 +154,7 @@ class Domain:
         return self.save_grid(self.pictures(x), path, labels)
 
     def save_grid(self, pictures: np.ndarray, path: Path, labels: Tensor | None) -> Path:
+        """Pictures ``[n, H, W, C]`` tiled into one PNG, a row per label when labels are given."""
         ncol = None
         if labels is not None:
             pictures, ncol = viz.rows_by_label(pictures, labels.cpu().numpy())
