@@ -27,7 +27,7 @@ def touch(*paths: Path) -> None:
 
 
 def scan(root: Path, conditional: bool = False):
-    return scan_class_folders(root, SUFFIXES, conditional, kind="test")
+    return scan_class_folders(root, SUFFIXES, conditional, what="test files")
 
 
 def test_class_folders_are_searched_recursively_in_sorted_order(tmp_path: Path):
@@ -54,7 +54,7 @@ def test_notes_are_ignored_other_files_are_an_error(tmp_path: Path):
 
 
 def test_bad_layouts_name_what_is_wrong(tmp_path: Path):
-    with pytest.raises(FileNotFoundError, match="test data folder .*nowhere does not exist; set domain.root"):
+    with pytest.raises(FileNotFoundError, match="data folder .*nowhere does not exist; set domain.root"):
         scan(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="no test files in"):
         scan(tmp_path)

@@ -237,7 +237,7 @@ class AudioDomain(Domain):
     def find_files(self) -> tuple[list[Path], list[int], list[str]]:
         """The sound files, their labels and the class names: one sub-folder per class, or (only
         when unconditional) all files directly in the folder."""
-        return scan_class_folders(self.root, SUPPORTED_SUFFIXES, self.conditional, kind="audio")
+        return scan_class_folders(self.root, SUPPORTED_SUFFIXES, self.conditional, what="audio files")
 
     def load_clips(self) -> tuple[Tensor, Tensor, list[Path]]:
         """All usable clips `[N, samples]` with their labels and paths; silent clips are skipped
@@ -282,8 +282,8 @@ class AudioDomain(Domain):
         return TensorDictDataModule(rows(train), rows(val), batch_size, num_workers, seed)
 
     def build_net(self) -> nn.Module:
-        spectrogram = (self.n_mels, self.frames)
-        return self.build_net_from(self.net_cfg, spectrogram, in_channels=1, num_classes=self.num_classes)
+        sizes = {"n_mels": self.n_mels, "frames": self.frames}
+        return self.build_net_from(self.net_cfg, sizes, in_channels=1, num_classes=self.num_classes)
 
     # ----- output ----------------------------------------------------------------------------
 

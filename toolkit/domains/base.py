@@ -62,10 +62,12 @@ class Domain:
         """The denoiser network: `net(x_t, t, **cond) -> prediction` of the configured target."""
         raise NotImplementedError
 
-    def build_net_from(self, config: dict | DictConfig | None, spatial: tuple[int, ...] = (), **given) -> nn.Module:
+    def build_net_from(
+        self, config: dict | DictConfig | None, sizes: dict[str, int] | None = None, **given
+    ) -> nn.Module:
         """The network of ``config`` (a Hydra dict with ``_target_``) with the arguments only the
-        domain knows (``given``: channels, classes...); the sample sizes ``spatial`` must be
-        divisible by the network's ``size_multiple`` (its down-sampling)."""
+        domain knows (``given``: channels, classes...). ``sizes`` (setting name -> sample size)
+        must be divisible by the network's ``size_multiple`` (its down-sampling)."""
         if config is None:
             raise ValueError(
                 f"the {self.name} domain needs a net config (a dict with _target_, see conf/domain/{self.name}.yaml)"
@@ -73,10 +75,12 @@ class Domain:
         config = OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else dict(config)
         net = hydra.utils.instantiate(config, **given)
         multiple = getattr(net, "size_multiple", 1)
-        if any(size % multiple for size in spatial):
+        sizes = sizes or {}
+        if any(size % multiple for size in sizes.values()):
+            given_sizes = " and ".join(f"{name} {size}" for name, size in sizes.items())
             raise ValueError(
-                f"{self.name} samples of size {'x'.join(map(str, spatial))} are not divisible by {multiple}, which "
-                "the network's down-sampling needs; change the domain's sample size or the net's channel_mults"
+                f"{given_sizes} {'is' if len(sizes) == 1 else 'are'} not divisible by {multiple}, which the "
+                f"network's down-sampling needs; change {' or '.join(sizes)} or the net's channel_mults"
             )
         return net
 

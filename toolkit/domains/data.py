@@ -20,7 +20,7 @@ def scan_class_folders(
     root: str | Path,
     suffixes: Sequence[str],
     conditional: bool,
-    kind: str,
+    what: str,
     setting: str = "domain.root",
     ignored: Sequence[str] = NOTE_SUFFIXES,
 ) -> tuple[list[Path], list[int], list[str]]:
@@ -30,12 +30,12 @@ def scan_class_folders(
     ``conditional`` requires classes, a flat folder of files (one unlabelled set: labels 0, no
     names). Hidden files are skipped, files with an ``ignored`` suffix (notes, metadata) too; any
     other file that is not data (``suffixes``) is an error, so that nothing is left out unnoticed.
-    ``kind`` (e.g. "audio") and ``setting`` (the config key of the folder) word the errors.
+    ``what`` names the data files in errors (e.g. "audio files"), ``setting`` the folder's config key.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(
-            f"{kind} data folder {root} does not exist; set {setting} to a folder of {'/'.join(suffixes)} files "
+            f"data folder {root} does not exist; set {setting} to a folder of {what} ({', '.join(suffixes)}) "
             "with one sub-folder per class"
         )
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -44,24 +44,24 @@ def scan_class_folders(
         loose = [p for p in loose if not p.name.startswith(".")]
         if loose:
             raise ValueError(
-                f"{root} holds both class sub-folders and loose {kind} files (e.g. {loose[0].name}); "
+                f"{root} holds both class sub-folders and loose {what} (e.g. {loose[0].name}); "
                 "move every file into a class folder"
             )
     else:
         files = data_files(root.iterdir(), suffixes, ignored)
         if conditional:
             raise ValueError(
-                f"no class sub-folders in {root}; put the {kind} files of each class in a sub-folder named after "
+                f"no class sub-folders in {root}; put the {what} of each class in a sub-folder named after "
                 "the class (or set conditional=false to use files directly in the folder)"
             )
         if not files:
-            raise ValueError(f"no {kind} files in {root} (directly or in class sub-folders) in {', '.join(suffixes)}")
+            raise ValueError(f"no {what} in {root} (directly or in class sub-folders); formats: {', '.join(suffixes)}")
         return files, [0] * len(files), []
     files, labels = [], []
     for label, class_dir in enumerate(class_dirs):
         class_files = data_files(class_dir.rglob("*"), suffixes, ignored)
         if not class_files:
-            raise ValueError(f"class folder '{class_dir.name}' in {root} has no {kind} files; add some or remove it")
+            raise ValueError(f"class folder '{class_dir.name}' in {root} has no {what}; add some or remove it")
         files += class_files
         labels += [label] * len(class_files)
     return files, labels, [d.name for d in class_dirs]

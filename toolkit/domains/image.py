@@ -170,7 +170,7 @@ def load_digits_images(resolution: int) -> tuple[Tensor, Tensor]:
 def scan_image_folder(root: str | Path) -> tuple[list[Path], list[int], list[str]]:
     """Image files under ``root``: either all directly in it (no labels, no class names) or in one
     sub-folder per class (see ``scan_class_folders``). Returns files, labels and class names."""
-    return scan_class_folders(root, IMAGE_EXTENSIONS, conditional=False, kind="image")
+    return scan_class_folders(root, IMAGE_EXTENSIONS, conditional=False, what="PNG/JPEG images")
 
 
 def warn_if_stretched(root: Path, sizes: Counter, resolution: int, shown: int = 5) -> None:
@@ -320,8 +320,8 @@ class ImageDomain(Domain):
         return TensorDictDataModule(rows(train_index), rows(val_index), batch_size, num_workers, seed)
 
     def build_net(self) -> nn.Module:
-        size = (self.resolution, self.resolution)
-        return self.build_net_from(self.net_cfg, size, in_channels=self.channels, num_classes=self.num_classes)
+        sizes = {"resolution": self.resolution}
+        return self.build_net_from(self.net_cfg, sizes, in_channels=self.channels, num_classes=self.num_classes)
 
     @property
     def picture_scale(self) -> int:

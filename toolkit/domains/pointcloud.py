@@ -157,7 +157,12 @@ def list_shape_files(data_dir: Path) -> tuple[list[str] | None, list[tuple[Path,
     """Class names (None for a flat, unlabelled folder) and ``(file, label)`` pairs, sorted (see
     ``scan_class_folders``; material, texture and note files are ignored)."""
     files, labels, names = scan_class_folders(
-        data_dir, SUPPORTED_FORMATS, conditional=False, kind="shape", setting="domain.data_dir", ignored=COMPANION_FILES
+        data_dir,
+        SUPPORTED_FORMATS,
+        conditional=False,
+        what="shape files",
+        setting="domain.data_dir",
+        ignored=COMPANION_FILES,
     )
     return names or None, list(zip(files, labels, strict=True))
 
