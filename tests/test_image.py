@@ -288,11 +288,11 @@ def test_folder_without_images(tmp_path):
 def test_empty_class_folder_and_mixed_layout(tmp_path):
     write_png(tmp_path / "cats" / "a.png", solid(8, 8, 0, 1))
     (tmp_path / "dogs").mkdir()
-    with pytest.raises(ValueError, match="dogs has no PNG/JPEG"):
+    with pytest.raises(ValueError, match="'dogs'.*has no PNG/JPEG images"):
         ImageDomain(root=str(tmp_path), net=SMALL_NET)
     write_png(tmp_path / "dogs" / "b.png", solid(8, 8, 0, 1))
     write_png(tmp_path / "loose.png", solid(8, 8, 0, 1))
-    with pytest.raises(ValueError, match="both images and sub-folders"):
+    with pytest.raises(ValueError, match="both class sub-folders and loose PNG/JPEG images"):
         ImageDomain(root=str(tmp_path), net=SMALL_NET)
 
 

@@ -124,7 +124,6 @@ def test_flat_folder_is_one_unlabelled_set(tmp_path):
     domain = PointCloudDomain(data_dir=str(tmp_path), num_points=64, val_fraction=0.34)
     assert domain.num_classes == 0 and domain.class_names is None
     dm = domain.datamodule(batch_size=2)
-    dm.setup()
     batch = next(iter(dm.train_dataloader()))
     assert set(batch) == {"x"} and batch["x"].shape == (2, 64, 3)
 
@@ -347,7 +346,6 @@ def test_default_domain_batches(tmp_path):
     assert domain.sample_shape == (64, 3) and domain.num_classes == 5
     assert domain.class_names == ["airplane", "chair", "lamp", "mug", "table"]
     dm = domain.datamodule(batch_size=5, seed=0)
-    dm.setup()
     assert len(dm.train_set) == 15 and len(dm.val_set) == 5
     batch = next(iter(dm.train_dataloader()))
     assert batch["x"].shape == (5, 64, 3) and batch["x"].dtype == torch.float32

@@ -28,6 +28,7 @@ from toolkit.core.sampler import SAMPLERS
 from toolkit.files import atomic_path
 
 MAX_SEED = 2**63 - 1  # seeds are stored as int64 in samples.npz
+# The CLI keys that only apply to edits; a domain's ``edit_options`` says which of them it takes.
 EDIT_OPTIONS = ("image", "mask", "strength", "left", "right", "top", "bottom")
 
 
@@ -233,7 +234,7 @@ def run(args: dict) -> list[Path]:
         raise ValueError(f"guidance={args['guidance']} given but this checkpoint is unconditional; drop guidance=")
     extra, shape = {}, None
     if args["edit"] is not None:
-        options = {k: args[k] for k in EDIT_OPTIONS if args[k] is not None}
+        options = {k: args[k] for k in domain.edit_options if args.get(k) is not None}
         extra = domain.edit_inputs(args["edit"], n, **options)
         shape = extra.pop("shape", None)  # an edit may change the sample size (outpainting)
     out = Path(args["out"])

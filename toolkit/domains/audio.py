@@ -25,17 +25,22 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import hydra
 import matplotlib
 import numpy as np
 import soundfile as sf
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from toolkit import viz
-from toolkit.domains.base import GRID_FILE, SAMPLES_FILE, STRIP_FILE, Domain
-from toolkit.domains.data import TensorDictDataModule
+from toolkit.domains.base import Domain
+from toolkit.domains.data import (
+    TensorDictDataModule,
+    check_class_names,
+    check_val_fraction,
+    scan_class_folders,
+    split_indices,
+)
 from toolkit.resources import resource_dir, torchaudio_load_error
 
 try:
@@ -45,15 +50,11 @@ except (ImportError, OSError) as error:  # a torch/torchaudio mismatch fails her
     raise torchaudio_load_error(error) from error
 
 SUPPORTED_SUFFIXES = (".wav", ".flac", ".ogg")
-# Sound formats we do not read: next to class folders they are an error too, not silently skipped.
-OTHER_AUDIO_SUFFIXES = (".mp3", ".m4a", ".aac", ".wma", ".opus", ".aif", ".aiff", ".mp4", ".webm")
 FRAME_MULTIPLE = 8
 DEFAULT_ROOT = resource_dir("data") / "audio" / "spoken_digits"
 ENCODE_CHUNK = 64
 COLOUR_MAP = "magma"
 PICTURE_SCALE = 4
-GRID_SCALE = 2
-STRIP_ROWS = 8
 
 
 def check_format(path: Path) -> None:
@@ -100,65 +101,6 @@ def fit_frames(x: Tensor, frames: int, silence: float) -> Tensor:
     return nn.functional.pad(x, (0, frames - x.shape[-1]), value=silence)
 
 
-def find_audio_files(root: Path, conditional: bool) -> tuple[list[Path], list[int], list[str]]:
-    """The audio files under `root` with their class index and the sorted class names.
-
-    Conditional data sets need one sub-folder per class. Unconditional ones may also be a flat
-    folder of files (one class). Inside a class folder, and in a flat folder, every non-hidden file
-    must be audio in a supported format; next to class folders, other files (a README) are ignored
-    but sound files are an error.
-    """
-    if not root.is_dir():
-        raise FileNotFoundError(
-            f"audio data folder {root} does not exist; set domain.root to a folder with one "
-            "sub-folder of WAV/FLAC/OGG files per class"
-        )
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    loose = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
-    loose_audio = [p for p in loose if p.suffix.lower() in SUPPORTED_SUFFIXES + OTHER_AUDIO_SUFFIXES]
-    if class_dirs and loose_audio:
-        raise ValueError(
-            f"{root} has both class sub-folders and loose audio files (e.g. {loose_audio[0].name}); "
-            "move every file into a class sub-folder"
-        )
-    if not class_dirs:
-        if conditional or not loose:
-            raise ValueError(
-                f"no class sub-folders in {root}; put the clips of each class in a sub-folder named after "
-                "the class" + ("" if conditional else ", or put audio files directly in it")
-            )
-        groups = [(root.name, loose)]
-    else:
-        groups = [
-            (d.name, sorted(p for p in d.rglob("*") if p.is_file() and not p.name.startswith("."))) for d in class_dirs
-        ]
-    files, labels = [], []
-    for index, (name, paths) in enumerate(groups):
-        if not paths:
-            raise ValueError(f"class folder '{name}' in {root} has no files; remove it or add clips")
-        for path in paths:
-            check_format(path)
-            files.append(path)
-            labels.append(index)
-    return files, labels, [name for name, _ in groups]
-
-
-def stratified_split(labels: Tensor, val_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
-    """Train and validation indices with the same share of every class in validation
-    (at least one clip of each class that has two or more)."""
-    generator = torch.Generator().manual_seed(seed)
-    train, val = [], []
-    for label in labels.unique(sorted=True):
-        members = torch.nonzero(labels == label).flatten()
-        members = members[torch.randperm(len(members), generator=generator)]
-        n_val = round(val_fraction * len(members))
-        if val_fraction > 0 and len(members) > 1:
-            n_val = max(1, min(n_val, len(members) - 1))
-        val.append(members[:n_val])
-        train.append(members[n_val:])
-    return torch.cat(train).sort().values, torch.cat(val).sort().values
-
-
 class AudioDomain(Domain):
     """Clips of `clip_seconds` at `sample_rate` as `[1, n_mels, frames]` log-mel images.
 
@@ -200,8 +142,7 @@ class AudioDomain(Domain):
             raise ValueError(f"min_db must be below max_db, got {min_db} >= {max_db}")
         if griffin_lim_iters < 1 or nnls_iters < 0:
             raise ValueError(f"need griffin_lim_iters >= 1 and nnls_iters >= 0, got {griffin_lim_iters}, {nnls_iters}")
-        if not 0 <= val_fraction < 1:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        check_val_fraction(val_fraction)
 
         self.root = Path(root).expanduser() if root is not None else DEFAULT_ROOT
         self.sample_rate = int(sample_rate)
@@ -211,7 +152,7 @@ class AudioDomain(Domain):
         self.min_db, self.max_db = float(min_db), float(max_db)
         self.val_fraction, self.split_seed = val_fraction, split_seed
         self.conditional = conditional
-        self.net_cfg = OmegaConf.to_container(net, resolve=True) if isinstance(net, DictConfig) else net
+        self.net_cfg = net
 
         self.stft_frames = 1 + self.clip_samples // hop_length
         self.frames = FRAME_MULTIPLE * max(1, round(self.stft_frames / FRAME_MULTIPLE))
@@ -232,7 +173,7 @@ class AudioDomain(Domain):
             rand_init=False,
         )
 
-        names = find_audio_files(self.root, conditional)[2] if class_names is None else list(class_names)
+        names = self.find_files()[2] if class_names is None else list(class_names)
         self.expected_class_names = class_names
         self.class_names = names if conditional else None
         self.num_classes = len(names) if conditional else 0
@@ -293,15 +234,17 @@ class AudioDomain(Domain):
 
     # ----- data ------------------------------------------------------------------------------
 
+    def find_files(self) -> tuple[list[Path], list[int], list[str]]:
+        """The sound files, their labels and the class names: one sub-folder per class, or (only
+        when unconditional) all files directly in the folder."""
+        return scan_class_folders(self.root, SUPPORTED_SUFFIXES, self.conditional, what="audio files")
+
     def load_clips(self) -> tuple[Tensor, Tensor, list[Path]]:
         """All usable clips `[N, samples]` with their labels and paths; silent clips are skipped
         with a warning, and a class left without clips is an error."""
-        files, file_labels, names = find_audio_files(self.root, self.conditional)
-        if self.conditional and self.expected_class_names is not None and names != self.class_names:
-            raise ValueError(
-                f"class folders of {self.root} are {names} but the domain was built for {self.class_names}; "
-                "use the same folder layout as in training"
-            )
+        files, file_labels, names = self.find_files()
+        if self.conditional and self.expected_class_names is not None:
+            check_class_names(self.root, names, self.class_names)
         waves, labels, paths = [], [], []
         for path, label in zip(files, file_labels, strict=True):
             wave = load_audio(path, self.sample_rate)
@@ -327,7 +270,7 @@ class AudioDomain(Domain):
 
     def split(self, labels: Tensor) -> tuple[Tensor, Tensor]:
         """Train and validation indices (stratified by class, seeded by `split_seed`)."""
-        return stratified_split(labels, self.val_fraction, self.split_seed)
+        return split_indices(len(labels), self.val_fraction, self.split_seed, labels=labels)
 
     def datamodule(self, batch_size: int, num_workers: int = 0, seed: int = 0) -> TensorDictDataModule:
         x, labels = self.examples()
@@ -339,81 +282,25 @@ class AudioDomain(Domain):
         return TensorDictDataModule(rows(train), rows(val), batch_size, num_workers, seed)
 
     def build_net(self) -> nn.Module:
-        if self.net_cfg is None:
-            raise ValueError("AudioDomain needs a `net` config (e.g. _target_: toolkit.nets.unet.UNet)")
-        net = hydra.utils.instantiate(self.net_cfg, in_channels=1, num_classes=self.num_classes)
-        multiple = getattr(net, "size_multiple", 1)
-        if self.n_mels % multiple or self.frames % multiple:
-            raise ValueError(
-                f"spectrograms of {self.n_mels} mels x {self.frames} frames are not divisible by {multiple}, "
-                "which the network's down-sampling needs; change n_mels or the net's channel_mults"
-            )
-        return net
+        sizes = {"n_mels": self.n_mels, "frames": self.frames}
+        return self.build_net_from(self.net_cfg, sizes, in_channels=1, num_classes=self.num_classes)
 
     # ----- output ----------------------------------------------------------------------------
 
-    def label_name(self, label: int | None) -> str | None:
-        """Class name of a label; None for no label or the null (unconditional) label."""
-        if label is None or self.class_names is None or not 0 <= label < self.num_classes:
-            return None
-        return self.class_names[label]
+    picture_scale = 2
 
-    def spectrogram_pictures(self, x: Tensor) -> np.ndarray:
+    def pictures(self, x: Tensor) -> np.ndarray:
         """Log-mel `[B, 1, n_mels, frames]` -> RGB pictures `[B, n_mels, frames, 3]` in [0, 1]
         (magma colour map: dark = quiet), low frequencies at the bottom."""
         values = (x.detach().float().cpu().reshape(-1, *self.sample_shape)[:, 0].clamp(-1, 1) + 1) / 2
         return matplotlib.colormaps[COLOUR_MAP](values.flip(-2).numpy())[..., :3].astype(np.float32)
 
-    def preview(self, x: Tensor, path: Path, labels: Tensor | None = None) -> Path:
-        """A grid of spectrograms, one row per label when labels are given."""
-        pictures, ncol = self.spectrogram_pictures(x), None
-        if labels is not None:
-            pictures, ncol = viz.rows_by_label(pictures, labels.cpu().numpy())
-        return viz.save_grid(pictures, path, ncol=ncol, scale=GRID_SCALE)
+    def write_sample(self, out_dir: Path, stem: str, data: np.ndarray, picture: np.ndarray) -> list[Path]:
+        """A 16-bit WAV and a spectrogram PNG."""
+        wav_path = out_dir / f"{stem}.wav"
+        sf.write(wav_path, data, self.sample_rate, subtype="PCM_16")
+        return [wav_path, viz.save_png(picture, out_dir / f"{stem}.png", scale=PICTURE_SCALE)]
 
-    def save(
-        self,
-        x: Tensor,
-        out_dir: Path,
-        labels: Tensor | None,
-        seeds: list[int],
-        trajectory: Tensor | None = None,
-    ) -> list[Path]:
-        """Per sample a 16-bit WAV and a spectrogram PNG, then `grid.png`, `strip.png` (the x0
-        predictions of `trajectory` [steps, n, ...] for the first samples, one row each) and
-        `samples.npz` (`audio` [n, samples] float32 in [-1, 1], `sample_rate`, `labels` (-1 where
-        none), `seeds`)."""
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        n = x.shape[0]
-        if len(seeds) != n:
-            raise ValueError(f"need one seed per sample: {n} samples, {len(seeds)} seeds")
-        label_list = [None] * n if labels is None else [int(label) for label in labels]
-        audio = self.decode(x)
-        pictures = self.spectrogram_pictures(x)
-        written = []
-        for i, (label, seed) in enumerate(zip(label_list, seeds, strict=True)):
-            class_name = self.label_name(label)
-            stem = f"{i:03d}_{class_name}_seed{seed}" if class_name else f"{i:03d}_seed{seed}"
-            wav_path = out_dir / f"{stem}.wav"
-            sf.write(wav_path, audio[i], self.sample_rate, subtype="PCM_16")
-            written += [wav_path, viz.save_png(pictures[i], out_dir / f"{stem}.png", scale=PICTURE_SCALE)]
-        written.append(self.preview(x, out_dir / GRID_FILE, labels))
-        if trajectory is not None:
-            if tuple(trajectory.shape[1:]) != tuple(x.shape):
-                raise ValueError(
-                    f"trajectory shape {tuple(trajectory.shape)} does not match [steps, *{tuple(x.shape)}]"
-                )
-            rows = trajectory[:, :STRIP_ROWS].transpose(0, 1)
-            frames = self.spectrogram_pictures(rows).reshape(*rows.shape[:2], *pictures.shape[1:])
-            written.append(viz.save_strip(frames, out_dir / STRIP_FILE, scale=GRID_SCALE))
-        npz_path = out_dir / SAMPLES_FILE
-        np.savez_compressed(
-            npz_path,
-            audio=audio,
-            sample_rate=np.int64(self.sample_rate),
-            labels=np.array([-1 if label is None else label for label in label_list], dtype=np.int64),
-            seeds=np.array(seeds, dtype=np.int64),
-        )
-        written.append(npz_path)
-        return written
+    def sample_arrays(self, data: np.ndarray) -> dict[str, np.ndarray]:
+        """``audio`` [n, samples] float32 in [-1, 1] and ``sample_rate``."""
+        return {"audio": data, "sample_rate": np.int64(self.sample_rate)}

@@ -9,14 +9,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import hydra
 import lightning as L
+import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
+
+from toolkit import viz
 
 # Names every domain's ``save`` uses, so that outputs look the same whatever the modality.
 SAMPLES_FILE = "samples.npz"  # the samples as arrays, with ``labels`` and ``seeds``
 GRID_FILE = "grid.png"  # one picture of all samples
 STRIP_FILE = "strip.png"  # the progression from noise to result
+STRIP_ROWS = 8  # samples shown in the strip, one row each
 
 
 @dataclass
@@ -34,13 +40,18 @@ class Domain:
 
     Subclasses set `name`, `sample_shape` and `num_classes` (0 = unconditional; otherwise
     labels are ints in [0, num_classes) and `num_classes` itself is the null label used for
-    classifier-free guidance) and implement the methods below.
+    classifier-free guidance) and implement the methods that raise NotImplementedError: the data
+    module, the net, `decode`, and the two hooks of the saved outputs, `pictures` (one picture per
+    sample) and `write_sample` (the files of one sample). `edit_options` names the keyword options
+    of `edit_inputs` (the sample CLI passes those it is given).
     """
 
     name: str = "base"
     sample_shape: tuple[int, ...] = ()
     num_classes: int = 0
     class_names: list[str] | None = None
+    edit_options: tuple[str, ...] = ()
+    picture_scale: int = 1  # upscaling of the pictures in the grid and the strip
 
     def datamodule(self, batch_size: int, num_workers: int = 0, seed: int = 0) -> L.LightningDataModule:
         """Batches are dicts: `x` (float32 model space), optional `label` (int64 [B]),
@@ -50,6 +61,28 @@ class Domain:
     def build_net(self) -> nn.Module:
         """The denoiser network: `net(x_t, t, **cond) -> prediction` of the configured target."""
         raise NotImplementedError
+
+    def build_net_from(
+        self, config: dict | DictConfig | None, sizes: dict[str, int] | None = None, **given
+    ) -> nn.Module:
+        """The network of ``config`` (a Hydra dict with ``_target_``) with the arguments only the
+        domain knows (``given``: channels, classes...). ``sizes`` (setting name -> sample size)
+        must be divisible by the network's ``size_multiple`` (its down-sampling)."""
+        if config is None:
+            raise ValueError(
+                f"the {self.name} domain needs a net config (a dict with _target_, see conf/domain/{self.name}.yaml)"
+            )
+        config = OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else dict(config)
+        net = hydra.utils.instantiate(config, **given)
+        multiple = getattr(net, "size_multiple", 1)
+        sizes = sizes or {}
+        if any(size % multiple for size in sizes.values()):
+            given_sizes = " and ".join(f"{name} {size}" for name, size in sizes.items())
+            raise ValueError(
+                f"{given_sizes} {'is' if len(sizes) == 1 else 'are'} not divisible by {multiple}, which the "
+                f"network's down-sampling needs; change {' or '.join(sizes)} or the net's channel_mults"
+            )
+        return net
 
     def training_batch(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> TrainingBatch:
         """Default: data as is, labels as conditioning, the batch mask as loss mask."""
@@ -89,13 +122,54 @@ class Domain:
         ``shape`` when the edit changes the sample size."""
         raise ValueError(f"the {self.name} domain has no edits; got edit={edit!r}")
 
+    def label_name(self, label: int | None) -> str | None:
+        """Class name of a label; None for no label, the null label or an unconditional domain."""
+        if label is None or not self.class_names or not 0 <= label < len(self.class_names):
+            return None
+        return self.class_names[label]
+
     def decode(self, x: Tensor):
         """Model space -> the modality's raw data (numpy arrays in data scale)."""
         raise NotImplementedError
 
-    def preview(self, x: Tensor, path: Path, labels: Tensor | None = None) -> Path:
-        """One picture of a batch of samples (a grid), for training previews and README."""
+    def pictures(self, x: Tensor) -> np.ndarray:
+        """One picture per sample, ``[n, H, W, C]`` floats in [0, 1]: the grid, the previews and the
+        per-sample PNGs show these."""
         raise NotImplementedError
+
+    def strip_pictures(self, x: Tensor) -> np.ndarray:
+        """The pictures of the strip's frames (by default those of ``pictures``)."""
+        return self.pictures(x)
+
+    def write_sample(self, out_dir: Path, stem: str, data, picture: np.ndarray) -> list[Path]:
+        """Write the files of one sample (``data``: its decoded raw data) and return their paths."""
+        raise NotImplementedError
+
+    def sample_stem(self, index: int, label: int | None, seed: int) -> str:
+        """File name (without suffix) of sample ``index``: ``000_<class>_seed0``."""
+        return "_".join(filter(None, [f"{index:03d}", self.label_name(label), f"seed{seed}"]))
+
+    def sample_arrays(self, data) -> dict[str, np.ndarray]:
+        """The decoded samples as ``samples.npz`` stores them, by key (README documents the keys)."""
+        return {"x": data}
+
+    def preview(self, x: Tensor, path: Path, labels: Tensor | None = None) -> Path:
+        """One picture of a batch of samples: a grid, one row per label when labels are given."""
+        return self.save_grid(self.pictures(x), path, labels)
+
+    def save_grid(self, pictures: np.ndarray, path: Path, labels: Tensor | None) -> Path:
+        """Pictures ``[n, H, W, C]`` tiled into one PNG, a row per label when labels are given."""
+        ncol = None
+        if labels is not None:
+            pictures, ncol = viz.rows_by_label(pictures, labels.cpu().numpy())
+        return viz.save_grid(pictures, path, ncol=ncol, scale=self.picture_scale)
+
+    def save_strip(self, trajectory: Tensor, path: Path) -> Path:
+        """The x0 estimates of ``trajectory`` [steps, n, ...] left to right, a row for each of the
+        first ``STRIP_ROWS`` samples."""
+        rows = trajectory[:, :STRIP_ROWS].transpose(0, 1)
+        frames = self.strip_pictures(rows.reshape(-1, *rows.shape[2:]))
+        return viz.save_strip(frames.reshape(*rows.shape[:2], *frames.shape[1:]), path, scale=self.picture_scale)
 
     def save(
         self,
@@ -105,6 +179,29 @@ class Domain:
         seeds: list[int],
         trajectory: Tensor | None = None,
     ) -> list[Path]:
-        """Write what users open (PNG/WAV/PLY/CSV per sample, a grid, the progression strip
-        from `trajectory` [steps, n, ...] of x0 predictions, `samples.npz`) and return the paths."""
-        raise NotImplementedError
+        """Write what users open and return the paths: the files of each sample (``write_sample``),
+        ``grid.png``, with a trajectory [steps, n, ...] of x0 estimates ``strip.png``, and
+        ``samples.npz`` (``sample_arrays``, ``labels`` with -1 where none, ``seeds``, ``class_names``)."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        n = len(x)
+        if len(seeds) != n:
+            raise ValueError(f"need one seed per sample: {n} samples but {len(seeds)} seeds")
+        if trajectory is not None and tuple(trajectory.shape[1:]) != tuple(x.shape):
+            raise ValueError(f"trajectory shape {tuple(trajectory.shape)} does not match [steps, *{tuple(x.shape)}]")
+        label_list = [None] * n if labels is None else [int(label) for label in labels]
+        data, pictures = self.decode(x), self.pictures(x)
+        paths = []
+        for i, (label, seed) in enumerate(zip(label_list, seeds, strict=True)):
+            paths += self.write_sample(out_dir, self.sample_stem(i, label, seed), data[i], pictures[i])
+        paths.append(self.save_grid(pictures, out_dir / GRID_FILE, labels))
+        if trajectory is not None:
+            paths.append(self.save_strip(trajectory, out_dir / STRIP_FILE))
+        np.savez_compressed(
+            out_dir / SAMPLES_FILE,
+            **self.sample_arrays(data),
+            labels=np.array([-1 if label is None else label for label in label_list], dtype=np.int64),
+            seeds=np.asarray(seeds, dtype=np.int64),
+            class_names=np.asarray(self.class_names or [], dtype=str),
+        )
+        return [*paths, out_dir / SAMPLES_FILE]

@@ -1,24 +1,135 @@
-"""In-memory data sets shared by the domains: a fixed train/validation split, a LightningDataModule
-over dicts of equally long tensors (the batch format of every domain) and the training loader
-that resumes mid-epoch with the same batches."""
+"""Data work shared by the domains: scanning a folder of class sub-folders, checking class names,
+a fixed train/validation split, a LightningDataModule over dicts of equally long tensors (the batch
+format of every domain) and the training loader that resumes mid-epoch with the same batches."""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import lightning as L
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+# Notes and metadata that may sit next to data files; every other file that is not data is an error.
+NOTE_SUFFIXES = (".txt", ".md", ".json", ".csv", ".yaml", ".yml", "")
 
-def split_indices(n: int, val_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
-    """A fixed random split of ``range(n)`` into sorted train and validation indices."""
+
+def scan_class_folders(
+    root: str | Path,
+    suffixes: Sequence[str],
+    conditional: bool,
+    what: str,
+    setting: str = "domain.root",
+    ignored: Sequence[str] = NOTE_SUFFIXES,
+) -> tuple[list[Path], list[int], list[str]]:
+    """The data files under ``root`` with their labels and the sorted class names.
+
+    One sub-folder per class (searched recursively, labels in sorted folder-name order), or, unless
+    ``conditional`` requires classes, a flat folder of files (one unlabelled set: labels 0, no
+    names). Hidden files are skipped, files with an ``ignored`` suffix (notes, metadata) too; any
+    other file that is not data (``suffixes``) is an error, so that nothing is left out unnoticed.
+    ``what`` names the data files in errors (e.g. "audio files"), ``setting`` the folder's config key.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"data folder {root} does not exist; set {setting} to a folder of {what} ({', '.join(suffixes)}) "
+            "with one sub-folder per class"
+        )
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if class_dirs:
+        loose = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() not in ignored)
+        loose = [p for p in loose if not p.name.startswith(".")]
+        if loose:
+            raise ValueError(
+                f"{root} holds both class sub-folders and loose {what} (e.g. {loose[0].name}); "
+                "move every file into a class folder"
+            )
+    else:
+        files = data_files(root.iterdir(), suffixes, ignored)
+        if conditional:
+            raise ValueError(
+                f"no class sub-folders in {root}; put the {what} of each class in a sub-folder named after "
+                "the class (or set conditional=false to use files directly in the folder)"
+            )
+        if not files:
+            raise ValueError(f"no {what} in {root} (directly or in class sub-folders); formats: {', '.join(suffixes)}")
+        return files, [0] * len(files), []
+    files, labels = [], []
+    for label, class_dir in enumerate(class_dirs):
+        class_files = data_files(class_dir.rglob("*"), suffixes, ignored)
+        if not class_files:
+            raise ValueError(f"class folder '{class_dir.name}' in {root} has no {what}; add some or remove it")
+        files += class_files
+        labels += [label] * len(class_files)
+    return files, labels, [d.name for d in class_dirs]
+
+
+def data_files(paths, suffixes: Sequence[str], ignored: Sequence[str]) -> list[Path]:
+    """The sorted non-hidden files of ``paths`` with a data suffix; ValueError for a file that is
+    neither data nor ``ignored``."""
+    files = sorted(p for p in paths if p.is_file() and not p.name.startswith("."))
+    for path in files:
+        if path.suffix.lower() not in (*suffixes, *ignored):
+            raise ValueError(
+                f"unsupported file format '{path.suffix or '(no extension)'}' for {path}; supported formats are "
+                f"{', '.join(suffixes)} (convert it or move it out of the data folder)"
+            )
+    return [p for p in files if p.suffix.lower() in suffixes]
+
+
+def check_class_names(root: Path, found: list[str] | None, expected: list[str] | None) -> None:
+    """ValueError when the class folders found in ``root`` are not those a domain was built for
+    (e.g. from a checkpoint)."""
+    if list(found or []) != list(expected or []):
+        raise ValueError(
+            f"class folders of {root} are {found or '(none: unlabelled)'} but the domain was built for "
+            f"{expected or '(none: unlabelled)'}; the class folders must match class_names (use the same folder "
+            "layout as in training)"
+        )
+
+
+def check_val_fraction(val_fraction: float) -> None:
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    n_val = round(n * val_fraction)
+
+
+def held_out_count(n: int, val_fraction: float) -> int:
+    """How many of ``n`` examples validate: the fraction rounded, but at least 1 and at most n-1
+    when the fraction is positive and there are two or more."""
+    count = round(n * val_fraction)
     if val_fraction > 0 and n >= 2:
-        n_val = min(max(n_val, 1), n - 1)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return order[n_val:].sort().values, order[:n_val].sort().values
+        count = min(max(count, 1), n - 1)
+    return count
+
+
+def split_indices(
+    n: int,
+    val_fraction: float,
+    seed: int,
+    labels: Tensor | None = None,
+    permutation: Callable[[int], Sequence[int]] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """A fixed random split of ``range(n)`` into sorted train and validation indices; with
+    ``labels``, stratified (``held_out_count`` of every class, classes in sorted order).
+
+    ``permutation(k)`` draws a permutation of ``range(k)``; by default ``torch.randperm`` with one
+    generator seeded by ``seed``. A domain may pass its own so that earlier splits stay the same.
+    """
+    check_val_fraction(val_fraction)
+    if permutation is None:
+        generator = torch.Generator().manual_seed(seed)
+        permutation = lambda k: torch.randperm(k, generator=generator)  # noqa: E731
+    groups = [torch.arange(n)] if labels is None else [torch.nonzero(labels == v).flatten() for v in labels.unique()]
+    train, val = [], []
+    for members in groups:
+        members = members[torch.as_tensor(permutation(len(members)), dtype=torch.long)]
+        count = held_out_count(len(members), val_fraction)
+        val.append(members[:count])
+        train.append(members[count:])
+    return torch.cat(train).sort().values, torch.cat(val).sort().values
 
 
 class ResumableLoader(DataLoader):

@@ -11,23 +11,21 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
-import hydra
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
 
 from toolkit import viz
-from toolkit.domains.base import GRID_FILE, SAMPLES_FILE, STRIP_FILE, Domain
-from toolkit.domains.data import TensorDictDataModule, split_indices
+from toolkit.domains.base import Domain
+from toolkit.domains.data import TensorDictDataModule, check_class_names, scan_class_folders, split_indices
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L")
 COLOUR_MODES = ("RGB", "RGBA", "CMYK", "YCbCr")
 SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L")
-STRIP_ROWS = 8
 
 
 def encode(images: Tensor) -> Tensor:
@@ -47,10 +45,6 @@ def resize(images: Tensor, resolution: int) -> Tensor:
         return images
     resized = F.interpolate(images, size=(resolution, resolution), mode="bilinear", antialias=True)
     return resized.clamp(0.0, 1.0)
-
-
-def is_image_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
 def read_image_file(path: str | Path, channels: int) -> Tensor:
@@ -174,30 +168,9 @@ def load_digits_images(resolution: int) -> tuple[Tensor, Tensor]:
 
 
 def scan_image_folder(root: str | Path) -> tuple[list[Path], list[int], list[str]]:
-    """Image files under ``root``: either all directly in it (no labels) or in one sub-folder per
-    class (labels in sorted folder-name order). Returns files, labels and class names."""
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} does not exist (set domain.root to a folder of PNG/JPEG files)")
-    direct = sorted(p for p in root.iterdir() if is_image_file(p))
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if direct:
-        if class_dirs:
-            raise ValueError(
-                f"{root} holds both images and sub-folders {[d.name for d in class_dirs]}; put all images "
-                "in class sub-folders (conditional) or all directly in the folder (unconditional)"
-            )
-        return direct, [], []
-    files, labels = [], []
-    for label, class_dir in enumerate(class_dirs):
-        class_files = sorted(p for p in class_dir.iterdir() if is_image_file(p))
-        if not class_files:
-            raise ValueError(f"class folder {class_dir} has no PNG/JPEG images; add images or remove it")
-        files += class_files
-        labels += [label] * len(class_files)
-    if not files:
-        raise ValueError(f"no PNG/JPEG images in {root} (directly or in class sub-folders)")
-    return files, labels, [d.name for d in class_dirs]
+    """Image files under ``root``: either all directly in it (no labels, no class names) or in one
+    sub-folder per class (see ``scan_class_folders``). Returns files, labels and class names."""
+    return scan_class_folders(root, IMAGE_EXTENSIONS, conditional=False, what="PNG/JPEG images")
 
 
 def warn_if_stretched(root: Path, sizes: Counter, resolution: int, shown: int = 5) -> None:
@@ -254,12 +227,10 @@ class ImageDomain(Domain):
             raise ValueError(f"resolution must be >= 8, got {resolution}")
         if root is None and channels != 1:
             raise ValueError("the digits are grey: use channels=1 with source=digits")
-        if net is None:
-            raise ValueError("ImageDomain needs a net config (a dict with _target_, see conf/domain/image.yaml)")
         self.root = None if root is None else Path(root).expanduser()
         self.channels, self.resolution = channels, resolution
         self.val_fraction, self.split_seed = val_fraction, split_seed
-        self.net_cfg = OmegaConf.to_container(net, resolve=True) if isinstance(net, DictConfig) else dict(net)
+        self.net_cfg = net
         self.sample_shape = (channels, resolution, resolution)
 
         if self.root is None:
@@ -279,6 +250,7 @@ class ImageDomain(Domain):
         return {"class_names": self.class_names} if self.root is not None and self.class_names else {}
 
     EDITS = ("inpaint", "outpaint", "img2img")
+    edit_options = ("image", "mask", "strength", "left", "right", "top", "bottom")
 
     def edit_inputs(
         self,
@@ -318,18 +290,15 @@ class ImageDomain(Domain):
         if self.root is None:
             return load_digits_images(self.resolution)
         files, labels, names = scan_image_folder(self.root)
-        if self.expected_class_names is not None and names != list(self.expected_class_names):
-            raise ValueError(
-                f"class folders of {self.root} are {names} but the domain was built for "
-                f"{list(self.expected_class_names)}; use the same folder layout as in training"
-            )
+        if self.expected_class_names is not None:
+            check_class_names(self.root, names, self.expected_class_names)
         images, sizes = [], Counter()
         for path in files:
             image = read_image_file(path, self.channels)
             sizes[(image.shape[-1], image.shape[-2])] += 1
             images.append(resize(image[None], self.resolution)[0])
         warn_if_stretched(self.root, sizes, self.resolution)
-        return torch.stack(images), torch.tensor(labels or [0] * len(files), dtype=torch.long)
+        return torch.stack(images), torch.tensor(labels, dtype=torch.long)
 
     def encode(self, images: Tensor) -> Tensor:
         return encode(images)
@@ -351,60 +320,20 @@ class ImageDomain(Domain):
         return TensorDictDataModule(rows(train_index), rows(val_index), batch_size, num_workers, seed)
 
     def build_net(self) -> nn.Module:
-        net = hydra.utils.instantiate(self.net_cfg, in_channels=self.channels, num_classes=self.num_classes)
-        multiple = getattr(net, "size_multiple", 1)
-        if self.resolution % multiple:
-            raise ValueError(
-                f"resolution {self.resolution} is not divisible by {multiple}, which the network's "
-                "down-sampling needs; change resolution or the net's channel_mults"
-            )
-        return net
+        sizes = {"resolution": self.resolution}
+        return self.build_net_from(self.net_cfg, sizes, in_channels=self.channels, num_classes=self.num_classes)
+
+    @property
+    def picture_scale(self) -> int:
+        return viz.display_scale(self.resolution)
 
     def pictures(self, x: Tensor) -> np.ndarray:
         """Model space ``[n, C, H, W]`` -> pictures ``[n, H, W, C]`` in [0, 1] for the viz helpers."""
         return self.decode(x).transpose(0, 2, 3, 1)
 
-    def preview(self, x: Tensor, path: Path, labels: Tensor | None = None) -> Path:
-        """A grid of the samples, one row per label when labels are given."""
-        pictures, ncol = self.pictures(x), None
-        if labels is not None:
-            pictures, ncol = viz.rows_by_label(pictures, labels.cpu().numpy())
-        return viz.save_grid(pictures, path, ncol=ncol, scale=viz.display_scale(self.resolution))
+    def sample_stem(self, index: int, label: int | None, seed: int) -> str:
+        return f"sample_{index:04d}"
 
-    def save(
-        self,
-        x: Tensor,
-        out_dir: Path,
-        labels: Tensor | None,
-        seeds: list[int],
-        trajectory: Tensor | None = None,
-    ) -> list[Path]:
-        """Per sample ``sample_0000.png`` (at the model's resolution), ``grid.png``, ``strip.png``
-        (the x0 predictions of ``trajectory`` [steps, n, ...], one row for each of the first samples) and
-        ``samples.npz`` (x [n, C, H, W] in [0, 1]; labels, -1 when unconditional; seeds)."""
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        n = len(x)
-        if len(seeds) != n:
-            raise ValueError(f"{n} samples but {len(seeds)} seeds")
-        pictures = self.pictures(x)
-        paths = [viz.save_png(picture, out_dir / f"sample_{i:04d}.png") for i, picture in enumerate(pictures)]
-        paths.append(self.preview(x, out_dir / GRID_FILE, labels))
-        if trajectory is not None:
-            if trajectory.shape[1:] != x.shape:
-                raise ValueError(
-                    f"trajectory shape {tuple(trajectory.shape)} does not match [steps, *{tuple(x.shape)}]"
-                )
-            steps = np.stack([self.pictures(frame[:STRIP_ROWS]) for frame in trajectory], axis=1)
-            paths.append(viz.save_strip(steps, out_dir / STRIP_FILE, scale=viz.display_scale(self.resolution)))
-        label_array = np.full(n, -1, dtype=np.int64) if labels is None else labels.cpu().numpy().astype(np.int64)
-        npz_path = out_dir / SAMPLES_FILE
-        np.savez(
-            npz_path,
-            x=self.decode(x),
-            labels=label_array,
-            seeds=np.asarray(seeds, dtype=np.int64),
-            class_names=np.asarray(self.class_names or [], dtype=str),
-        )
-        paths.append(npz_path)
-        return paths
+    def write_sample(self, out_dir: Path, stem: str, data: np.ndarray, picture: np.ndarray) -> list[Path]:
+        """``sample_0000.png`` at the model's resolution."""
+        return [viz.save_png(picture, out_dir / f"{stem}.png")]

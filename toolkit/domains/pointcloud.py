@@ -38,27 +38,29 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 import trimesh
-from hydra.utils import instantiate
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
 
 from toolkit import viz
-from toolkit.domains.base import GRID_FILE, SAMPLES_FILE, STRIP_FILE, Domain
-from toolkit.domains.data import ResumableLoader
+from toolkit.domains.base import Domain
+from toolkit.domains.data import (
+    NOTE_SUFFIXES,
+    TensorDictDataModule,
+    check_class_names,
+    check_val_fraction,
+    scan_class_folders,
+    split_indices,
+)
 
 SUPPORTED_FORMATS = (".obj", ".ply", ".stl", ".off", ".glb")
-COMPANION_FILES = (
-    *(".mtl", ".png", ".jpg", ".jpeg", ".bmp", ".tga", ".tif", ".tiff"),  # materials and textures
-    *(".txt", ".md", ".json", ".csv", ".yaml", ".yml", ""),  # notes, metadata, LICENSE, README
-)
+COMPANION_FILES = (".mtl", ".png", ".jpg", ".jpeg", ".bmp", ".tga", ".tif", ".tiff", *NOTE_SUFFIXES)
 NORMALIZATIONS = ("unit_sphere", "bbox", "global")
 PROCEDURAL_VERSION = 1
 RENDER_SIZE = 128
-PROGRESSION_ROWS = 8
+STRIP_RENDER_SIZE = 96
+DEFAULT_NET = {"_target_": "toolkit.nets.point_transformer.PointTransformer"}
 NEAR_COLOUR = np.array([24, 52, 128]) / 255
 FAR_COLOUR = np.array([176, 204, 236]) / 255
 
@@ -152,42 +154,17 @@ def sample_points(geometry: trimesh.Trimesh | trimesh.PointCloud, num_points: in
 
 
 def list_shape_files(data_dir: Path) -> tuple[list[str] | None, list[tuple[Path, int]]]:
-    """Class names (None for a flat, unlabelled folder) and ``(file, label)`` pairs, sorted."""
-    data_dir = Path(data_dir).expanduser()
-    if not data_dir.is_dir():
-        raise FileNotFoundError(f"point-cloud data folder {str(data_dir)!r} does not exist (set domain.data_dir)")
-    class_dirs = sorted(p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if class_dirs:
-        class_names = [p.name for p in class_dirs]
-        files = [(f, label) for label, d in enumerate(class_dirs) for f in _shape_files(d, recursive=True)]
-        stray = _shape_files(data_dir, recursive=False)
-        if stray:
-            raise ValueError(
-                f"{data_dir}: has class sub-folders and also shapes at its top level ({stray[0].name}, ...); "
-                "move every shape into a class folder"
-            )
-        used = {label for _, label in files}
-        empty = [name for label, name in enumerate(class_names) if label not in used]
-        if empty:
-            raise ValueError(f"{data_dir}: class folders without shapes: {empty}; remove them or add shapes")
-    else:
-        class_names = None
-        files = [(f, 0) for f in _shape_files(data_dir, recursive=False)]
-    if not files:
-        raise ValueError(f"{data_dir}: no shapes found; expected files in {SUPPORTED_FORMATS}")
-    return class_names, files
-
-
-def _shape_files(folder: Path, recursive: bool) -> list[Path]:
-    candidates = sorted(folder.rglob("*") if recursive else folder.iterdir())
-    files = [p for p in candidates if p.is_file() and not p.name.startswith(".")]
-    unsupported = [p for p in files if p.suffix.lower() not in SUPPORTED_FORMATS + COMPANION_FILES]
-    if unsupported:
-        raise ValueError(
-            f"unsupported file format: {unsupported[0]} (and {len(unsupported) - 1} more); "
-            f"convert shapes to one of {SUPPORTED_FORMATS} or move other files out of the data folder"
-        )
-    return [p for p in files if p.suffix.lower() in SUPPORTED_FORMATS]
+    """Class names (None for a flat, unlabelled folder) and ``(file, label)`` pairs, sorted (see
+    ``scan_class_folders``; material, texture and note files are ignored)."""
+    files, labels, names = scan_class_folders(
+        data_dir,
+        SUPPORTED_FORMATS,
+        conditional=False,
+        what="shape files",
+        setting="domain.data_dir",
+        ignored=COMPANION_FILES,
+    )
+    return names or None, list(zip(files, labels, strict=True))
 
 
 def path_seed(seed: int, relative_path: str) -> list[int]:
@@ -451,7 +428,7 @@ def render_cloud(points: np.ndarray, size: int = RENDER_SIZE, extent: float = 1.
 
 
 # ----------------------------------------------------------------------------------------------
-# Data module
+# Data
 
 
 @dataclass
@@ -463,44 +440,6 @@ class PointSet:
 
     def __len__(self) -> int:
         return len(self.points)
-
-
-class PointSetDataset(Dataset):
-    def __init__(self, data: PointSet, with_labels: bool):
-        self.data, self.with_labels = data, with_labels
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, i: int) -> dict[str, Tensor]:
-        item = {"x": self.data.points[i]}
-        if self.with_labels:
-            item["label"] = self.data.labels[i]
-        return item
-
-
-class PointCloudDataModule(L.LightningDataModule):
-    def __init__(self, domain: PointCloudDomain, batch_size: int, num_workers: int = 0, seed: int = 0):
-        super().__init__()
-        self.domain, self.batch_size, self.num_workers, self.seed = domain, batch_size, num_workers, seed
-
-    def setup(self, stage: str | None = None) -> None:
-        with_labels = self.domain.num_classes > 0
-        self.train_set = PointSetDataset(self.domain.split("train"), with_labels)
-        self.val_set = PointSetDataset(self.domain.split("val"), with_labels)
-
-    def train_dataloader(self) -> DataLoader:
-        return ResumableLoader(
-            self.train_set,
-            batch_size=self.batch_size,
-            shuffle=True,
-            drop_last=len(self.train_set) >= self.batch_size,
-            num_workers=self.num_workers,
-            generator=torch.Generator().manual_seed(self.seed),
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.batch_size, num_workers=self.num_workers)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -541,13 +480,12 @@ class PointCloudDomain(Domain):
             raise ValueError(f"unknown normalization {normalization!r}; choose one of {NORMALIZATIONS}")
         if num_points < 1:
             raise ValueError(f"num_points must be >= 1, got {num_points}")
-        if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        check_val_fraction(val_fraction)
         self.data_dir = Path(data_dir).expanduser() if data_dir else None
         self.num_points, self.normalization, self.val_fraction = num_points, normalization, val_fraction
         self.shapes_per_class, self.cache_dir, self.seed = shapes_per_class, cache_dir, seed
         self.repeat_points = repeat_points
-        self.net_cfg = dict(net) if net is not None else {"_target_": "toolkit.nets.point_transformer.PointTransformer"}
+        self.net_cfg = DEFAULT_NET if net is None else net
         self.sample_shape = (num_points, 3)
         if class_names is not None:
             self.class_names = list(class_names) or None
@@ -594,11 +532,7 @@ class PointCloudDomain(Domain):
     def _load_splits(self) -> dict[str, PointSet]:
         root = self.source_dir()
         found_classes, files = list_shape_files(root)
-        if found_classes != self.class_names:
-            raise ValueError(
-                f"{root}: holds classes {found_classes or '(none: unlabelled)'} but the domain was built for "
-                f"{self.class_names or '(none: unlabelled)'}; the class folders must match class_names"
-            )
+        check_class_names(root, found_classes, self.class_names)
         raw = np.stack(
             [
                 read_points(
@@ -607,39 +541,27 @@ class PointCloudDomain(Domain):
                 for f, _ in files
             ]
         )
-        labels = np.array([label for _, label in files], dtype=np.int64)
-        is_val = self._validation_mask(labels)
+        labels = torch.tensor([label for _, label in files], dtype=torch.long)
+        # numpy's permutations, as before this split was shared: the checkpoints' splits stay the same
+        permutation = np.random.default_rng(self.seed).permutation
+        train, val = split_indices(len(labels), self.val_fraction, self.seed, labels, permutation)
         if self.normalization == "global":
             if self.global_scale is None:
-                self.global_centre, self.global_scale = fit_global_frame(raw[~is_val])
+                self.global_centre, self.global_scale = fit_global_frame(raw[train.numpy()])
             normalised = (raw - self.global_centre) / self.global_scale
         else:
             normalised = normalize_shapes(raw, self.normalization)
-        points, labels_t = torch.from_numpy(normalised.astype(np.float32)), torch.from_numpy(labels)
-        is_val_t = torch.from_numpy(is_val)
-        return {
-            "train": PointSet(points[~is_val_t], labels_t[~is_val_t]),
-            "val": PointSet(points[is_val_t], labels_t[is_val_t]),
-        }
+        points = torch.from_numpy(normalised.astype(np.float32))
+        return {"train": PointSet(points[train], labels[train]), "val": PointSet(points[val], labels[val])}
 
-    def _validation_mask(self, labels: np.ndarray) -> np.ndarray:
-        rng = np.random.default_rng(self.seed)
-        is_val = np.zeros(len(labels), dtype=bool)
-        for label in np.unique(labels):
-            members = np.flatnonzero(labels == label)
-            count = round(self.val_fraction * len(members))
-            if self.val_fraction > 0 and len(members) >= 2:
-                count = min(max(count, 1), len(members) - 1)
-            is_val[rng.permutation(members)[:count]] = True
-        return is_val
+    def datamodule(self, batch_size: int, num_workers: int = 0, seed: int = 0) -> TensorDictDataModule:
+        def rows(split: PointSet) -> dict[str, Tensor]:
+            return {"x": split.points, "label": split.labels} if self.num_classes else {"x": split.points}
 
-    def datamodule(self, batch_size: int, num_workers: int = 0, seed: int = 0) -> L.LightningDataModule:
-        return PointCloudDataModule(self, batch_size, num_workers, seed)
-
-    # -- network ----------------------------------------------------------------------------
+        return TensorDictDataModule(rows(self.split("train")), rows(self.split("val")), batch_size, num_workers, seed)
 
     def build_net(self) -> nn.Module:
-        return instantiate(self.net_cfg, num_classes=self.num_classes)
+        return self.build_net_from(self.net_cfg, num_classes=self.num_classes)
 
     # -- output -----------------------------------------------------------------------------
 
@@ -663,62 +585,18 @@ class PointCloudDomain(Domain):
         points = x.detach().cpu().numpy() if isinstance(x, Tensor) else x
         return render_cloud(points, size, self.render_extent())
 
-    def caption(self, label: int | None) -> str | None:
-        if label is None or not self.class_names or not 0 <= label < len(self.class_names):
-            return None
-        return self.class_names[label]
+    def pictures(self, x: Tensor) -> np.ndarray:
+        return np.stack([self.render(cloud) for cloud in x])
 
-    def save_renders(self, renders: list[np.ndarray], path: Path, labels: list[int | None]) -> Path:
-        """A grid of renders: one row per class when there are labels, else near square."""
-        if any(label is None for label in labels):
-            return viz.save_grid(np.stack(renders), path)
-        arranged, ncol = viz.rows_by_label(np.stack(renders), labels)
-        return viz.save_grid(arranged, path, ncol=ncol)
+    def strip_pictures(self, x: Tensor) -> np.ndarray:
+        return np.stack([self.render(cloud, size=STRIP_RENDER_SIZE) for cloud in x])
 
-    def preview(self, x: Tensor, path: Path, labels: Tensor | None = None) -> Path:
-        renders = [self.render(cloud) for cloud in x]
-        label_list = [int(v) for v in labels] if labels is not None else [None] * len(renders)
-        return self.save_renders(renders, Path(path), label_list)
+    def write_sample(self, out_dir: Path, stem: str, data: np.ndarray, picture: np.ndarray) -> list[Path]:
+        """A PLY point cloud (``decode``d) and a PNG render."""
+        ply = out_dir / f"{stem}.ply"
+        trimesh.PointCloud(data).export(ply)
+        return [ply, viz.save_png(picture, out_dir / f"{stem}.png")]
 
-    def save(
-        self,
-        x: Tensor,
-        out_dir: Path,
-        labels: Tensor | None,
-        seeds: list[int],
-        trajectory: Tensor | None = None,
-    ) -> list[Path]:
-        """Per sample a PLY point cloud (``decode``d) and a PNG render; ``samples.npz`` with
-        ``points`` [n, N, 3] (as in the PLY files), ``labels`` [n] (-1 when unconditional) and
-        ``seeds`` [n]; ``grid.png`` (a row per class); and with a trajectory [steps, n, N, 3],
-        ``strip.png`` (a row for each of the first ``PROGRESSION_ROWS`` samples, left to right from the
-        first snapshot to the result; called ``progression.png`` before, now named as in every domain)."""
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        clouds = self.decode(x)
-        if len(seeds) != len(clouds):
-            raise ValueError(f"got {len(seeds)} seeds for {len(clouds)} samples")
-        label_list = [int(v) for v in labels] if labels is not None else [None] * len(clouds)
-        written, renders = [], []
-        for i, (cloud, label, seed) in enumerate(zip(clouds, label_list, seeds, strict=True)):
-            stem = "_".join(filter(None, [f"{i:03d}", self.caption(label), f"seed{seed}"]))
-            ply = out_dir / f"{stem}.ply"
-            trimesh.PointCloud(cloud).export(ply)
-            renders.append(self.render(x[i]))
-            written += [ply, viz.save_png(renders[-1], out_dir / f"{stem}.png")]
-        npz = out_dir / SAMPLES_FILE
-        np.savez(
-            npz,
-            points=clouds,
-            labels=np.array([-1 if v is None else v for v in label_list], dtype=np.int64),
-            seeds=np.array(seeds, dtype=np.int64),
-        )
-        written += [npz, self.save_renders(renders, out_dir / GRID_FILE, label_list)]
-        if trajectory is not None:
-            frames = trajectory.detach().cpu()
-            if frames.shape[1:] != x.shape:
-                raise ValueError(f"trajectory must be [steps, {len(x)}, N, 3], got {tuple(frames.shape)}")
-            shown = range(min(len(clouds), PROGRESSION_ROWS))
-            rows = np.stack([[self.render(frame, size=96) for frame in frames[:, i]] for i in shown])
-            written.append(viz.save_strip(rows, out_dir / STRIP_FILE))
-        return written
+    def sample_arrays(self, data: np.ndarray) -> dict[str, np.ndarray]:
+        """``points`` [n, N, 3], as in the PLY files."""
+        return {"points": data}
