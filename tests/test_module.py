@@ -83,3 +83,14 @@ def test_cli_fail_prints_one_error_line_and_exits_2(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.fail("n=0 is not allowed")
     assert exit_info.value.code == 2 and capsys.readouterr().err == "error: n=0 is not allowed\n"
+
+
+def test_method_options_reach_only_methods_that_take_them():
+    """The image domain composes the unipc group (order, variant); sampler.method=ddim on top of it
+    must not hand ddim unipc's options, while unipc and dpmpp_3m get the ones they take."""
+    from toolkit.module import sampler_options
+
+    cfg = OmegaConf.to_container(config.compose_config(["sampler.method=ddim"]).sampler)
+    assert cfg["order"] == 2 and sampler_options(cfg, "ddim", 10) == {}
+    assert sampler_options({**cfg, "method": "unipc"}, "unipc", 10) == {"order": 2, "variant": "bh2"}
+    assert sampler_options({**cfg, "method": "dpmpp_3m"}, "dpmpp_3m", 10) == {"order": 2}

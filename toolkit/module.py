@@ -260,7 +260,8 @@ def _batch_part(value, part: slice, n: int):
 def sampler_options(cfg: dict, method: str, steps: int) -> dict:
     """Keyword arguments for ``sampler.sample`` from the sampler config: ``spacing`` (with
     ``spacing=tuned``, the times for ``method`` and ``steps`` from ``grid_file``) and the method's
-    own options (unipc's ``order``, ``variant``) when the configured method is the one used."""
+    own options (unipc's ``order``, ``variant``) when the configured method is the one used: a config
+    composed from one sampler group with another ``sampler.method`` keeps only what that method takes."""
     options = {}
     if cfg.get("spacing") == "tuned":
         if not cfg.get("grid_file"):
@@ -271,7 +272,7 @@ def sampler_options(cfg: dict, method: str, steps: int) -> dict:
     elif cfg.get("spacing") is not None:
         options["spacing"] = cfg["spacing"]
     if method == cfg["method"]:
-        options.update({k: cfg[k] for k in ("order", "variant") if cfg.get(k) is not None})
+        options.update({k: cfg[k] for k in sampler.method_spec(method).options if cfg.get(k) is not None})
     return options
 
 

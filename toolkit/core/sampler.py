@@ -326,13 +326,15 @@ class Method:
     """A sampler as the registry declares it: its step function, the spacing of its default grid
     with the noise level of that grid's last evaluation at 10 steps or fewer (``sigma_min``; None:
     the schedule's 0.002), and the step count below which it warns (``few_steps``, with the
-    reason), which may depend on the method's ``order`` option (``few_steps_by_order``)."""
+    reason), which may depend on the method's ``order`` option (``few_steps_by_order``); ``options``:
+    the keyword options its step function takes (unipc's ``order``, ``variant``)."""
 
     step: Callable[..., Tensor]
     spacing: str
     sigma_min: float | None = None
     few_steps: tuple[int, str] = (0, "")
     few_steps_by_order: dict[int, tuple[int, str]] = field(default_factory=dict)
+    options: tuple[str, ...] = ()
 
     def default_sigma_min(self, steps: int) -> float | None:
         """The last noise level of the default grid at ``steps`` steps: ``sigma_min`` up to 10
@@ -367,8 +369,8 @@ SAMPLERS: dict[str, Method] = {
         few_steps=(10, "two evaluations per step, so half the steps of a multistep method at equal cost"),
     ),
     "euler": Method(euler, "logsnr", 0.05, few_steps=(10, _FIRST_ORDER)),
-    "dpmpp_3m": Method(dpmpp_3m, "logsnr", 0.05, few_steps=_THIRD_ORDER),
-    "unipc": Method(unipc, "logsnr", 0.05, few_steps_by_order={3: _THIRD_ORDER}),
+    "dpmpp_3m": Method(dpmpp_3m, "logsnr", 0.05, few_steps=_THIRD_ORDER, options=("order",)),
+    "unipc": Method(unipc, "logsnr", 0.05, few_steps_by_order={3: _THIRD_ORDER}, options=("order", "variant")),
 }
 
 
