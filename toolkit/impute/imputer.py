@@ -257,7 +257,7 @@ class Imputer:
     ) -> np.ndarray:
         """Draws for windows of the model's length: ``values`` [N, K, L] in data units and the model's
         column order, NaN = to fill -> samples [n_samples, N, K, L] in data units, observed entries as
-        given. ``time_pos`` [N, L] (default 0..L-1). All windows of all samples go through the sampler
+        given. ``time_pos`` [N, L] (default 0..L-1). All windows of all samples go through ``generate``
         together, ``batch_size`` at a time; window ``i`` of sample ``s`` is seeded from
         (seed, s, window_ids[i]) (default ids (0, i)), so results do not depend on the batch size."""
         values = np.asarray(values, dtype=float)
