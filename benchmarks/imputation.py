@@ -39,9 +39,10 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import markdown_table, stopwatch, write_results  # noqa: E402
+from toolkit.config import compose_config  # noqa: E402
 from toolkit.domains.timeseries import Normalizer, make_windows  # noqa: E402
 from toolkit.impute import Imputer  # noqa: E402
-from toolkit.train import compose_config, train  # noqa: E402
+from toolkit.train import train  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "imputation.md"
 SOURCE_SETTINGS = {

@@ -19,10 +19,12 @@ from hydra import compose, initialize_config_dir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from toolkit.cli import UsageError
+from toolkit.config import CONF_DIR
 from toolkit.domains.timeseries import synthetic_frames
 from toolkit.impute import Imputer, build_parser, extend_frame, main, quantile_suffix, write_frame
 from toolkit.module import load_module
-from toolkit.train import CONF_DIR, train
+from toolkit.train import train
 
 WINDOW = 16
 TINY_NET = {
@@ -187,6 +189,28 @@ def test_steps_come_from_their_most_central_window_drawn_with_its_own_seeds(impu
     np.testing.assert_allclose(whole.samples[:, :12], first_window.samples[:, :12], rtol=1e-6, atol=1e-6)
     gaps = frame.iloc[12:16].isna().to_numpy()
     assert gaps.any() and not np.allclose(whole.samples[:, 12:16][:, gaps], first_window.samples[:, 12:16][:, gaps])
+
+
+def test_windows_are_drawn_by_generate_with_their_own_inputs(imputer, monkeypatch):
+    """Chunking lives in ``DiffusionModule.generate``: the imputer passes every window's inputs and
+    seed to it, in place of the domain's preview inputs (which would need the training data)."""
+    calls = []
+    generate = imputer.module.generate
+
+    def recording_generate(n, **options):
+        calls.append((n, options["seed"], options["batch_size"]))
+        return generate(n, **options)
+
+    def no_domain_inputs(*args, **kwargs):
+        raise AssertionError("the imputer's own inputs replace the domain's")
+
+    monkeypatch.setattr(imputer.module, "generate", recording_generate)
+    monkeypatch.setattr(imputer.domain, "sampling_inputs", no_domain_inputs)
+    values = np.where(np.random.default_rng(0).random((3, 2, WINDOW)) < 0.3, np.nan, 1.0)
+    samples = imputer.sample_windows(values, n_samples=2, seed=4, batch_size=4, steps=2)
+    assert [(n, len(seeds), batch_size) for n, seeds, batch_size in calls] == [(6, 6, 4)]
+    assert len(set(calls[0][1])) == 6, "one seed per window and sample"
+    assert samples.shape == (2, 3, 2, WINDOW) and np.isfinite(samples).all()
 
 
 class InterpolatingDenoiser:
@@ -560,7 +584,7 @@ def test_cli_errors_are_one_line_exit_2_and_write_nothing(cli_files, capsys, mon
     argv = arguments.split()
     if "--out" not in argv:
         argv += ["--out", "out.csv"]
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(UsageError) as exit_info:  # toolkit.cli.fail, as train and sample
         main([*argv, "--n-samples", "2", "--steps", "1"] if "--n-samples" not in argv else argv)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2

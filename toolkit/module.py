@@ -158,12 +158,21 @@ class DiffusionModule(L.LightningModule):
 
     @torch.no_grad()
     def sampling_inputs(
-        self, n: int, seed: int | list[int], labels: Tensor | None, guidance: float | None, cond: dict | None = None
+        self,
+        n: int,
+        seed: int | list[int],
+        labels: Tensor | None,
+        guidance: float | None,
+        cond: dict | None = None,
+        inputs: dict | None = None,
     ) -> tuple[tuple[int, ...], dict, dict]:
         """The sample shape, the conditioning and the guidance keywords of ``sampler.sample`` for
-        ``n`` samples (classes round-robin without ``labels``)."""
-        inputs = self.domain.sampling_inputs(n, labels=labels, seed=seed if isinstance(seed, int) else seed[0])
-        inputs = {k: _to(v, self.device) for k, v in inputs.items()}
+        ``n`` samples: the domain's (``Domain.sampling_inputs``, classes round-robin without
+        ``labels``) on this module's device, or the given ``inputs`` as they are."""
+        if inputs is None:
+            inputs = self.domain.sampling_inputs(n, labels=labels, seed=seed if isinstance(seed, int) else seed[0])
+            inputs = {k: _to(v, self.device) for k, v in inputs.items()}
+        inputs = dict(inputs)
         cond = {**inputs.pop("cond", {}), **(cond or {})}
         shape = tuple(inputs.pop("shape", (n, *self.domain.sample_shape)))
         if guidance is not None and guidance != 1.0 and "label" in cond:
@@ -183,6 +192,7 @@ class DiffusionModule(L.LightningModule):
         *,
         shape: tuple[int, ...] | None = None,
         batch_size: int | None = None,
+        inputs: dict | None = None,
         **sampler_kwargs,
     ) -> dict:
         """Draw ``n`` samples in model space with the configured (or given) sampler settings.
@@ -193,6 +203,10 @@ class DiffusionModule(L.LightningModule):
         outpainting sets its own). ``batch_size``: at most that many samples per sampler call; each
         sample comes from its own seed, so it is the same in any batch (up to the network's
         floating-point rounding, which on some devices depends on the batch size).
+        ``inputs``: the samples' conditioning and known region (``cond``, ``known_mask``,
+        ``known_values``) in place of the domain's (``Domain.sampling_inputs``; ``labels`` are then
+        unused), e.g. the windows the imputer fills; they may stay on the CPU, as each batch is
+        moved to the module's device on its own.
         ``sampler_kwargs`` (known_mask/known_values, x_init/strength, ...) go to the sampler.
         """
         cfg = self.config["sampler"]
@@ -208,7 +222,9 @@ class DiffusionModule(L.LightningModule):
             sampler_kwargs.pop("times", None)  # image-to-image starts part-way: a named spacing
         was_training = self.net.training
         self.net.eval()
-        domain_shape, cond, inputs = self.sampling_inputs(n, seed, labels, guidance, sampler_kwargs.pop("cond", {}))
+        domain_shape, cond, inputs = self.sampling_inputs(
+            n, seed, labels, guidance, sampler_kwargs.pop("cond", {}), inputs
+        )
         inputs.update(sampler_kwargs)
         shape = tuple(domain_shape if shape is None else shape)
         seeds = sampler.seeds_for(seed, n)
@@ -226,11 +242,11 @@ class DiffusionModule(L.LightningModule):
                     method,
                     steps,
                     seeds[part],
-                    cond=_batch_part(cond, part, n),
+                    cond=_to(_batch_part(cond, part, n), self.device),
                     trajectory_every=trajectory_every,
                     progress=progress,
                     device=self.device,
-                    **_batch_part(inputs, part, n),
+                    **_to(_batch_part(inputs, part, n), self.device),
                 )
                 for part in parts
             ]

@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    with user_errors(parser):
+    with user_errors():
         imputer = Imputer.load(args.model)
     app = create_app(imputer, args.max_bytes, args.max_samples, args.max_steps)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)

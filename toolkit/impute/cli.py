@@ -6,15 +6,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import os
 import sys
 import warnings
 from pathlib import Path
 
 import pandas as pd
 
+from toolkit.cli import fail
 from toolkit.core import sampler as samplers
 from toolkit.domains.timeseries import read_frame
+from toolkit.files import atomic_path
 from toolkit.impute.imputer import Imputer
 from toolkit.impute.result import check_quantiles
 
@@ -62,28 +63,30 @@ def sampler_name(text: str) -> str:
 
 
 class CliParser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line, ``error: ...``, with exit code 2 (no usage dump)."""
+    """An argument parser whose errors are one line, ``error: ...``, with exit code 2 (no usage dump;
+    ``toolkit.cli.fail``)."""
 
     def error(self, message: str):
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+        fail(f"{message} (see {self.prog} --help)")
 
 
 @contextlib.contextmanager
-def user_errors(parser: argparse.ArgumentParser, *, prefix: str = ""):
+def user_errors(*, prefix: str = ""):
     """Turn the errors a user can fix (bad files, values, options) into one ``error:`` line and exit
-    code 2 instead of a traceback; the toolkit's and pandas' warnings become ``warning:`` lines."""
+    code 2 (``toolkit.cli.fail``) instead of a traceback; the toolkit's and pandas' warnings become
+    ``warning:`` lines, printed before it."""
     failure = None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         try:
             yield
         except (ValueError, TypeError, OSError) as error:
-            failure = f"error: {prefix}{str(error) or type(error).__name__}\n"
+            failure = f"{prefix}{str(error) or type(error).__name__}"
     for warning in caught:
         if warning.category is UserWarning:  # not library notes such as Lightning's PossibleUserWarning
             print(f"warning: {warning.message}", file=sys.stderr)
     if failure is not None:
-        parser.exit(2, failure)
+        fail(failure)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,19 +136,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def write_frame(frame: pd.DataFrame, path: Path) -> None:
-    """CSV (floats written with round-trip precision) or Parquet, by suffix, atomically: on failure
-    neither the file nor the folders made for it are left behind."""
+    """CSV (floats written with round-trip precision) or Parquet, by suffix, atomically
+    (``toolkit.files.atomic_path``): on failure neither the file nor the folders made for it are
+    left behind."""
     made = [folder for folder in path.parents if not folder.exists()]  # innermost first
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
     try:
-        if path.suffix.lower() in (".parquet", ".pq"):
-            frame.to_parquet(partial, index=False)
-        else:
-            frame.to_csv(partial, index=False)
-        os.replace(partial, path)
+        with atomic_path(path) as partial:
+            if path.suffix.lower() in (".parquet", ".pq"):
+                frame.to_parquet(partial, index=False)
+            else:
+                frame.to_csv(partial, index=False)
     except BaseException:
-        partial.unlink(missing_ok=True)
         for folder in made:
             folder.rmdir()
         raise
@@ -161,10 +163,10 @@ def main(argv: list[str] | None = None) -> Path:
         parser.error(f"--out {out} is a folder; give a file name ending in .csv or .parquet")
     if out.resolve() == Path(args.input).resolve():
         parser.error(f"--out {out} is the input file; write the result to another file")
-    with user_errors(parser):
+    with user_errors():
         frame = read_frame(args.input)
         imputer = Imputer.load(args.model)
-    with user_errors(parser, prefix=f"{args.input}: "):
+    with user_errors(prefix=f"{args.input}: "):
         time_column = guess_time_column(frame, imputer, args.time_column, args.series_column)
         options = dict(
             n_samples=args.n_samples,
@@ -178,7 +180,7 @@ def main(argv: list[str] | None = None) -> Path:
         )
         run = functools.partial(imputer.forecast, horizon=args.horizon) if args.horizon else imputer.impute
         table = run(frame, **options).with_quantile_columns()
-    with user_errors(parser, prefix=f"cannot write --out {out}: "):
+    with user_errors(prefix=f"cannot write --out {out}: "):
         write_frame(table, out)
     print(f"wrote {out}")
     return out

@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import lightning
 import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from toolkit.config import compose_config
 from toolkit.core import sampler as samplers
 from toolkit.domains.timeseries import Series, SeriesSet, TimeSeriesDomain, make_windows, to_model_space
 from toolkit.impute.frames import Prepared, extend_frame, input_frames, prepare_frame, training_files
 from toolkit.impute.result import ImputationResult, check_quantiles
 from toolkit.impute.stitching import most_central, window_seed
-from toolkit.module import DiffusionModule, load_module
-from toolkit.train import compose_config, train
+from toolkit.module import DiffusionModule, load_module, save_module
+from toolkit.train import train
 
 OPEN_CONFIG_SECTIONS = ("domain.net.", "trainer.")  # constructor kwargs: keys beyond the defaults are fine
 
@@ -124,21 +123,8 @@ class Imputer:
 
     def save(self, path: str | Path) -> Path:
         """Write a checkpoint that ``Imputer.load`` and ``toolkit.module.load_module`` read, atomically
-        (a temporary file renamed into place)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        checkpoint = {
-            "state_dict": self.module.state_dict(),
-            DiffusionModule.CHECKPOINT_HYPER_PARAMS_KEY: {"config": self.module.config},
-            "pytorch-lightning_version": lightning.__version__,
-        }
-        partial = path.with_name(f".{path.name}.partial")
-        try:
-            torch.save(checkpoint, partial)
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
-        return path
+        (``toolkit.module.save_module``)."""
+        return save_module(self.module, path)
 
     # -- properties of the model
 
@@ -271,7 +257,7 @@ class Imputer:
     ) -> np.ndarray:
         """Draws for windows of the model's length: ``values`` [N, K, L] in data units and the model's
         column order, NaN = to fill -> samples [n_samples, N, K, L] in data units, observed entries as
-        given. ``time_pos`` [N, L] (default 0..L-1). All windows of all samples go through the sampler
+        given. ``time_pos`` [N, L] (default 0..L-1). All windows of all samples go through ``generate``
         together, ``batch_size`` at a time; window ``i`` of sample ``s`` is seeded from
         (seed, s, window_ids[i]) (default ids (0, i)), so results do not depend on the batch size."""
         values = np.asarray(values, dtype=float)
@@ -289,31 +275,20 @@ class Imputer:
         n_windows = len(values)
         if time_pos is None:
             time_pos = np.broadcast_to(np.arange(self.window, dtype=float), (n_windows, self.window))
-        time_pos = torch.as_tensor(np.asarray(time_pos, dtype=float), dtype=torch.float32)
+        time_pos = torch.tensor(np.asarray(time_pos, dtype=float), dtype=torch.float32)
         ids = [(0, w) for w in range(n_windows)] if window_ids is None else list(window_ids)
-        items = [(s, w) for s in range(n_samples) for w in range(n_windows)]
-        seeds = [window_seed(seed, s, *ids[w]) for s, w in items]
-        device = self.module.device
-        drawn = []
-        for begin in range(0, len(items), batch_size):
-            index = torch.tensor([w for _, w in items[begin : begin + batch_size]])
-            inputs = self.domain.imputation_inputs(
-                x[index].to(device), given=observed[index].to(device), time_pos=time_pos[index].to(device)
-            )
-            drawn.append(
-                samplers.sample(
-                    self.module.denoiser(),
-                    (len(index), *self.domain.sample_shape),
-                    self.module.schedule,
-                    method,
-                    steps,
-                    seeds[begin : begin + batch_size],
-                    progress=progress,
-                    device=device,
-                    **inputs,
-                ).cpu()
-            )
-        samples = self.domain.decode(torch.cat(drawn)).reshape(n_samples, *values.shape)
+        seeds = [window_seed(seed, s, *ids[w]) for s in range(n_samples) for w in range(n_windows)]
+        rows = torch.arange(n_samples * n_windows) % n_windows  # every window once per sample
+        drawn = self.module.generate(
+            len(rows),
+            seed=seeds,
+            method=method,
+            steps=steps,
+            progress=progress,
+            batch_size=batch_size,
+            inputs=self.domain.imputation_inputs(x[rows], given=observed[rows], time_pos=time_pos[rows]),
+        )["x"]
+        samples = self.domain.decode(drawn.cpu()).reshape(n_samples, *values.shape)
         return np.where(np.isnan(values)[None], samples, values[None])
 
     def _sampler_settings(self, sampler: str | None, steps: int | None) -> tuple[str, int]:
