@@ -78,7 +78,7 @@ def test_tune_steps_cli_writes_a_grid_the_sample_cli_uses(tmp_path):
     copy = last.with_name("last_tuned.ckpt")
     module = load_module(copy)
     assert module.config["sampler"]["spacing"] == "tuned" and module.config["sampler"]["method"] == "unipc"
-    tuned = module.generate(2, seed=5)["x"]
+    tuned = module.generate(2, seed=5, guidance=1.0)["x"]  # the direct call below has no guidance
     direct = sampler.sample(
         module.denoiser(),
         tuned.shape,
