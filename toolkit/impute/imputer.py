@@ -48,6 +48,23 @@ def fit_config(max_steps: int | None, settings: Mapping, overrides: Mapping) -> 
     return cfg
 
 
+def keyword_or_config(name: str, keyword, overrides: dict, default):
+    """The value of a ``fit`` keyword that is also the config key ``domain.<name>``: either one, or
+    ``default``. Both given and different is an error naming both values, since neither can be
+    silently preferred. The config key is removed from ``overrides``."""
+    given = {key: overrides.pop(key) for key in (f"domain.{name}", f"domain__{name}") if key in overrides}
+    if len(set(map(repr, given.values()))) > 1:
+        raise ValueError(f"config keys {' and '.join(given)} disagree: {given}; give {name}= once")
+    config_value = next(iter(given.values()), None)
+    if keyword is not None and config_value is not None and keyword != config_value:
+        key = next(iter(given))
+        raise ValueError(
+            f"{name}={keyword!r} and the config key {key}={config_value!r} disagree; "
+            f"give one of them (the keyword {name}= is the documented one)"
+        )
+    return next(v for v in (keyword, config_value, default) if v is not None)
+
+
 class Imputer:
     """Fills gaps of multivariate time series with a trained time-series diffusion model (see
     ``toolkit.impute``'s docstring for how input is read, windows are stitched and dtypes kept)."""
@@ -79,8 +96,8 @@ class Imputer:
         cls,
         data,
         *,
-        window: int = 64,
-        stride: int = 8,
+        window: int | None = None,
+        stride: int | None = None,
         max_steps: int | None = None,
         seed: int = 0,
         batch_size: int = 32,
@@ -98,7 +115,13 @@ class Imputer:
         and the learning-rate warm-up are shortened to fit, unless set here. The run folder (the
         training data as Parquet, logs, checkpoints, samples) is ``run_dir``, else a temporary
         folder removed afterwards; ``save`` keeps the model.
+
+        ``window`` (default 64 steps) and ``stride`` (default 8) may also come as the config keys
+        ``domain.window``/``domain.stride``; both given with different values is a ValueError.
         """
+        config_overrides = dict(config_overrides)
+        window = keyword_or_config("window", window, config_overrides, 64)
+        stride = keyword_or_config("stride", stride, config_overrides, 8)
         settings = {
             "seed": seed,
             "domain.source": "path",
@@ -183,7 +206,10 @@ class Imputer:
         frames = input_frames(data)
         prepared = {name: self._prepare(frame, time_column, series_column) for name, frame in frames.items()}
         all_series = [s for p in prepared.values() for s in p.series]
-        stitched = self._sample(all_series, int(n_samples), int(seed), steps, method, stride, batch_size, progress)
+        names = [name for p in prepared.values() for name in p.names]
+        stitched = self._sample(
+            all_series, names, int(n_samples), int(seed), steps, method, stride, batch_size, progress
+        )
 
         results, offset = {}, 0
         for name, p in prepared.items():
@@ -252,14 +278,15 @@ class Imputer:
         steps: int | None = None,
         sampler: str | None = None,
         batch_size: int = 512,
-        window_ids: Sequence[tuple[int, int]] | None = None,
+        window_ids: Sequence[tuple[int | str | None, int]] | None = None,
         progress: bool = False,
     ) -> np.ndarray:
         """Draws for windows of the model's length: ``values`` [N, K, L] in data units and the model's
         column order, NaN = to fill -> samples [n_samples, N, K, L] in data units, observed entries as
         given. ``time_pos`` [N, L] (default 0..L-1). All windows of all samples go through ``generate``
         together, ``batch_size`` at a time; window ``i`` of sample ``s`` is seeded from
-        (seed, s, window_ids[i]) (default ids (0, i)), so results do not depend on the batch size."""
+        (seed, s, window_ids[i]) (ids: (series name or number, start); default (0, i)), so results do
+        not depend on the batch size (``stitching.window_seed``)."""
         values = np.asarray(values, dtype=float)
         expected = (len(self.columns), self.window)
         if values.ndim != 3 or values.shape[1:] != expected:
@@ -303,6 +330,7 @@ class Imputer:
     def _sample(
         self,
         series: list[Series],
+        names: list[str | None],
         n_samples: int,
         seed: int,
         steps: int,
@@ -311,7 +339,8 @@ class Imputer:
         batch_size: int,
         progress: bool,
     ) -> list[np.ndarray]:
-        """Samples [n_samples, len(series), K] (model column order) of every series."""
+        """Samples [n_samples, len(series), K] (model column order) of every series; a series' windows
+        are seeded from its name (``names``, None for the one series of a frame), not its position."""
         windows = make_windows(SeriesSet(self.columns, series), self.window, stride)
         values = self.sample_windows(
             windows.values,
@@ -321,7 +350,7 @@ class Imputer:
             steps=steps,
             sampler=method,
             batch_size=batch_size,
-            window_ids=[(int(i), int(start)) for i, start in zip(windows.series_index, windows.start, strict=True)],
+            window_ids=[(names[i], int(start)) for i, start in zip(windows.series_index, windows.start, strict=True)],
             progress=progress,
         ).transpose(0, 1, 3, 2)  # [S, N, L, K]
         result = []
