@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from toolkit import callbacks
 from toolkit.config import compose_config
 from toolkit.core import sampler as samplers
 from toolkit.domains.timeseries import Series, SeriesSet, TimeSeriesDomain, make_windows, to_model_space
@@ -48,21 +49,21 @@ def fit_config(max_steps: int | None, settings: Mapping, overrides: Mapping) -> 
     return cfg
 
 
-def keyword_or_config(name: str, keyword, overrides: dict, default):
-    """The value of a ``fit`` keyword that is also the config key ``domain.<name>``: either one, or
-    ``default``. Both given and different is an error naming both values, since neither can be
-    silently preferred. The config key is removed from ``overrides``."""
-    given = {key: overrides.pop(key) for key in (f"domain.{name}", f"domain__{name}") if key in overrides}
+def keyword_or_config(name: str, keyword, overrides: dict, default, key: str | None = None):
+    """The value of a ``fit`` keyword that is also a config key (``key``, default ``domain.<name>``):
+    either one, or ``default``. Both given and different is an error naming both values, since
+    neither can be silently preferred. The config key is removed from ``overrides``."""
+    key = key or f"domain.{name}"
+    given = {k: overrides.pop(k) for k in (key, key.replace(".", "__")) if k in overrides}
     if len(set(map(repr, given.values()))) > 1:
         raise ValueError(f"config keys {' and '.join(given)} disagree: {given}; give {name}= once")
     config_value = next(iter(given.values()), None)
     if keyword is not None and config_value is not None and keyword != config_value:
-        key = next(iter(given))
         raise ValueError(
-            f"{name}={keyword!r} and the config key {key}={config_value!r} disagree; "
+            f"{name}={keyword!r} and the config key {next(iter(given))}={config_value!r} disagree; "
             f"give one of them (the keyword {name}= is the documented one)"
         )
-    return next(v for v in (keyword, config_value, default) if v is not None)
+    return keyword if keyword is not None else config_value if config_value is not None else default
 
 
 class Imputer:
@@ -105,6 +106,7 @@ class Imputer:
         series_column: str | None = None,
         columns: Sequence[str] | None = None,
         run_dir: str | Path | None = None,
+        time_budget: float | str | None = None,
         **config_overrides,
     ) -> Imputer:
         """Train a model on ``data`` (a DataFrame, a dict of DataFrames, or a CSV/Parquet path) with
@@ -118,10 +120,21 @@ class Imputer:
 
         ``window`` (default 64 steps) and ``stride`` (default 8) may also come as the config keys
         ``domain.window``/``domain.stride``; both given with different values is a ValueError.
+
+        ``time_budget``: stop training after this long (then the model of the last step is kept):
+        seconds, or a string such as "90s", "2min", "1h" (config: ``trainer.max_time``, through
+        Lightning's Trainer ``max_time``); ``max_steps`` stays the upper bound and sets the learning
+        rate's decay.
         """
         config_overrides = dict(config_overrides)
         window = keyword_or_config("window", window, config_overrides, 64)
         stride = keyword_or_config("stride", stride, config_overrides, 8)
+        time_budget = keyword_or_config("time_budget", time_budget, config_overrides, None, "trainer.max_time")
+        if time_budget is not None:
+            max_time = callbacks.time_budget(time_budget)  # a bad value fails before any work
+            config_overrides["trainer.max_time"] = (
+                time_budget if isinstance(time_budget, str) else max_time.total_seconds()
+            )
         settings = {
             "seed": seed,
             "domain.source": "path",
