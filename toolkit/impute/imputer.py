@@ -22,6 +22,7 @@ from toolkit.impute.stitching import most_central, window_seed
 from toolkit.module import DiffusionModule, load_module, save_module
 from toolkit.train import train
 
+DEFAULT_PATIENCE = 5  # validations without a better val/crps before early_stopping=True stops
 OPEN_CONFIG_SECTIONS = ("domain.net.", "trainer.")  # constructor kwargs: keys beyond the defaults are fine
 
 
@@ -66,6 +67,23 @@ def keyword_or_config(name: str, keyword, overrides: dict, default, key: str | N
     return keyword if keyword is not None else config_value if config_value is not None else default
 
 
+def stopping_settings(early_stopping: bool | None, patience: int | None, overrides: dict) -> dict:
+    """The ``early_stopping.patience`` override of ``fit``'s ``early_stopping``/``patience`` keywords
+    (none: the config's). ``early_stopping=True`` without a patience uses the config's, else
+    ``DEFAULT_PATIENCE``."""
+    patience = keyword_or_config("patience", patience, overrides, None, "early_stopping.patience")
+    if early_stopping is False:
+        if patience is not None:
+            raise ValueError(f"early_stopping=False and patience={patience!r} contradict each other; give one")
+        return {"early_stopping.patience": None}
+    if patience is not None:
+        return {"early_stopping.patience": patience}
+    if early_stopping:
+        configured = compose_config(["domain=timeseries"]).early_stopping.patience
+        return {"early_stopping.patience": configured or DEFAULT_PATIENCE}
+    return {}
+
+
 class Imputer:
     """Fills gaps of multivariate time series with a trained time-series diffusion model (see
     ``toolkit.impute``'s docstring for how input is read, windows are stitched and dtypes kept)."""
@@ -107,6 +125,9 @@ class Imputer:
         columns: Sequence[str] | None = None,
         run_dir: str | Path | None = None,
         time_budget: float | str | None = None,
+        early_stopping: bool | None = None,
+        patience: int | None = None,
+        progress: bool = True,
         **config_overrides,
     ) -> Imputer:
         """Train a model on ``data`` (a DataFrame, a dict of DataFrames, or a CSV/Parquet path) with
@@ -125,6 +146,11 @@ class Imputer:
         seconds, or a string such as "90s", "2min", "1h" (config: ``trainer.max_time``, through
         Lightning's Trainer ``max_time``); ``max_steps`` stays the upper bound and sets the learning
         rate's decay.
+
+        Every validation (``trainer.val_check_interval`` steps) imputes a fixed set of masked
+        validation windows and logs their CRPS as ``val/crps``; ``progress`` shows it in a progress
+        bar. ``early_stopping=True`` stops when ``val/crps`` has not improved for ``patience``
+        validations (``patience`` alone turns it on; default: the config's ``early_stopping``).
         """
         config_overrides = dict(config_overrides)
         window = keyword_or_config("window", window, config_overrides, 64)
@@ -135,6 +161,7 @@ class Imputer:
             config_overrides["trainer.max_time"] = (
                 time_budget if isinstance(time_budget, str) else max_time.total_seconds()
             )
+        config_overrides.update(stopping_settings(early_stopping, patience, config_overrides))
         settings = {
             "seed": seed,
             "domain.source": "path",
@@ -143,7 +170,7 @@ class Imputer:
             "domain.time_column": time_column,
             "domain.series_column": series_column,
             "domain.columns": list(columns) if columns is not None else None,
-            "trainer.enable_progress_bar": False,
+            "trainer.enable_progress_bar": bool(progress),
             "trainer.enable_model_summary": False,
             "data.batch_size": batch_size,
             "preview.n": 4,
