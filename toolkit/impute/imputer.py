@@ -22,7 +22,7 @@ from toolkit.impute.stitching import most_central, window_seed
 from toolkit.module import DiffusionModule, load_module, save_module
 from toolkit.train import train
 
-DEFAULT_PATIENCE = 5  # validations without a better val/crps before early_stopping=True stops
+DEFAULT_PATIENCE = 5  # early_stopping=True when the config's patience is null (conf/domain/timeseries.yaml: 5)
 OPEN_CONFIG_SECTIONS = ("domain.net.", "trainer.")  # constructor kwargs: keys beyond the defaults are fine
 
 
