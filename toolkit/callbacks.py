@@ -276,7 +276,7 @@ class ImputationCRPS(L.Callback):
             return
         if self.held_out is None:
             self.held_out = self.held_out_windows(trainer, pl_module)
-        pl_module.log("val/crps", self.score(pl_module, self.held_out), prog_bar=True, on_epoch=True)
+        pl_module.log("val/crps", self.score(pl_module, self.held_out), prog_bar=True, on_epoch=True, sync_dist=True)
 
 
 def copy_report(

@@ -139,7 +139,7 @@ class Imputer:
         training data as Parquet, logs, checkpoints, samples) is ``run_dir``, else a temporary
         folder removed afterwards; ``save`` keeps the model.
 
-        ``window`` (default 64 steps) and ``stride`` (default 8) may also come as the config keys
+        ``window`` and ``stride`` (default: the config's, 64 and 8 steps) may also come as the config keys
         ``domain.window``/``domain.stride``; both given with different values is a ValueError.
 
         ``time_budget``: stop training after this long (then the model of the last step is kept):
@@ -153,8 +153,8 @@ class Imputer:
         validations (``patience`` alone turns it on; default: the config's ``early_stopping``).
         """
         config_overrides = dict(config_overrides)
-        window = keyword_or_config("window", window, config_overrides, 64)
-        stride = keyword_or_config("stride", stride, config_overrides, 8)
+        window = keyword_or_config("window", window, config_overrides, None)
+        stride = keyword_or_config("stride", stride, config_overrides, None)
         time_budget = keyword_or_config("time_budget", time_budget, config_overrides, None, "trainer.max_time")
         if time_budget is not None:
             max_time = callbacks.time_budget(time_budget)  # a bad value fails before any work
@@ -165,8 +165,6 @@ class Imputer:
         settings = {
             "seed": seed,
             "domain.source": "path",
-            "domain.window": window,
-            "domain.stride": stride,
             "domain.time_column": time_column,
             "domain.series_column": series_column,
             "domain.columns": list(columns) if columns is not None else None,
@@ -175,6 +173,7 @@ class Imputer:
             "data.batch_size": batch_size,
             "preview.n": 4,
             "final_samples.n": 4,
+            **{f"domain.{k}": v for k, v in (("window", window), ("stride", stride)) if v is not None},
         }
         cfg = fit_config(max_steps, settings, config_overrides)
         with contextlib.ExitStack() as stack:
