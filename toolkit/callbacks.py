@@ -156,8 +156,8 @@ class PreviewCopies(L.Callback):
 
 
 def training_callbacks(config: dict) -> list[L.Callback]:
-    """The memorisation warning, the previews' copy share and, when ``early_stopping.patience`` is set,
-    early stopping."""
+    """The memorisation warning, the previews' copy share, when ``early_stopping.patience`` is set early
+    stopping (on ``early_stopping.monitor``), and with ``val_crps`` the held-out imputation score."""
     found: list[L.Callback] = []
     settings = config.get("memorisation") or {}
     warn_passes = settings.get("warn_passes")
