@@ -23,6 +23,8 @@ from toolkit.cli import UsageError
 from toolkit.config import CONF_DIR
 from toolkit.domains.timeseries import synthetic_frames
 from toolkit.impute import Imputer, build_parser, extend_frame, main, quantile_suffix, write_frame
+from toolkit.impute.imputer import keyword_or_config
+from toolkit.impute.stitching import window_seed
 from toolkit.module import load_module
 from toolkit.train import train
 
@@ -272,16 +274,48 @@ def test_stitching_picks_central_windows():
 
 
 def test_dict_of_frames_and_series_column_agree(imputer):
-    frames = {"a": gappy(20, seed=5), "b": gappy(33, seed=6)}
-    separate = imputer.impute(frames, **FAST)
+    frames = {name: f.assign(site=name).reset_index() for name, f in {"a": gappy(20, 5), "b": gappy(33, 6)}.items()}
+    separate = imputer.impute(frames, time_column="time", series_column="site", **FAST)
     assert set(separate) == {"a", "b"}
-    long = pd.concat([f.assign(site=name) for name, f in frames.items()]).reset_index()
+    long = pd.concat(frames.values(), ignore_index=True)
     together = imputer.impute(long, time_column="time", series_column="site", **FAST)
     assert list(together.filled.columns) == ["time", "x0", "x1", "site"]
     np.testing.assert_array_equal(
         together.filled[["x0", "x1"]].to_numpy(),
-        np.concatenate([separate["a"].filled.to_numpy(), separate["b"].filled.to_numpy()]),
+        np.concatenate([separate["a"].filled[["x0", "x1"]].to_numpy(), separate["b"].filled[["x0", "x1"]].to_numpy()]),
     )
+
+
+def test_a_frame_draws_the_same_wherever_it_sits(imputer):
+    """Seeds come from (seed, sample, series name, window start), never from a frame's place in the
+    call: a frame alone and second in a dict get the same draws; named series likewise."""
+    first, second = gappy(20, seed=5), gappy(33, seed=6)
+    alone = imputer.impute(second, seed=2, **FAST).samples
+    np.testing.assert_array_equal(imputer.impute({"a": first, "b": second}, seed=2, **FAST)["b"].samples, alone)
+    future = imputer.forecast(second, 3, seed=2, **FAST).samples
+    np.testing.assert_array_equal(imputer.forecast({"a": first, "b": second}, 3, seed=2, **FAST)["b"].samples, future)
+    named = {name: f.assign(site=name) for name, f in {"a": first, "b": second}.items()}
+    long_b = imputer.impute(pd.concat(named.values()).reset_index(), time_column="time", series_column="site", **FAST)
+    b_only = imputer.impute(named["b"].reset_index(), time_column="time", series_column="site", **FAST)
+    np.testing.assert_array_equal(long_b.samples[:, len(first) :], b_only.samples)
+
+
+def test_window_seeds_of_a_frame_without_names_are_the_earlier_ones():
+    """A frame of one series keeps the seeds of earlier versions (series number 0); names hash."""
+    old = int(np.random.SeedSequence([3, 1, 0, 8]).generate_state(1)[0])
+    assert window_seed(3, 1, None, 8) == window_seed(3, 1, 0, 8) == old
+    assert len({window_seed(3, 1, name, 8) for name in (None, "a", "b", "0", 1)}) == 5
+
+
+def test_fit_window_keyword_and_config_key_must_agree(training_frames):
+    with pytest.raises(ValueError, match=r"window=16 and the config key domain.window=32 disagree"):
+        Imputer.fit(training_frames, window=16, max_steps=1, **{"domain.window": 32})
+    with pytest.raises(ValueError, match=r"stride=4 and the config key domain__stride=2 disagree"):
+        Imputer.fit(training_frames, stride=4, max_steps=1, domain__stride=2)
+    overrides = {"domain.window": 32}
+    assert keyword_or_config("window", None, overrides, 64) == 32 and overrides == {}
+    assert keyword_or_config("window", 32, {"domain__window": 32}, 64) == 32
+    assert keyword_or_config("window", None, {}, 64) == 64
 
 
 # ----------------------------------------------------------------------------- edge cases

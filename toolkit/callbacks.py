@@ -13,14 +13,26 @@
 Config keys (conf/config.yaml): ``memorisation.warn_passes`` (null: no warning),
 ``memorisation.threshold`` (the ratio test's), ``memorisation.previews`` (false: previews are not
 scored), ``early_stopping.patience`` (validation checks without improvement before stopping; null:
-off) and ``early_stopping.min_delta``.
+off), ``early_stopping.min_delta`` and ``early_stopping.monitor`` (default ``val/loss``).
+
+Fitting that stops when it has learned (time series, conf/domain/timeseries.yaml):
+
+- ``ImputationCRPS``: at every validation, imputes a fixed small set of masked validation windows
+  (``val_crps.windows`` windows, ``val_crps.samples`` samples, ``val_crps.steps`` sampler steps, fixed
+  seeds) and logs their CRPS as ``val/crps`` (shown in the progress bar); ``early_stopping.monitor:
+  val/crps`` stops on it.
+- ``time_budget``: ``trainer.max_time`` (and ``Imputer.fit(time_budget=...)``) as seconds or
+  "90s", "2min", "1h", "1d" (or Lightning's "DD:HH:MM:SS"), turned into the timedelta Lightning's
+  Trainer takes; a bad value is an error that says what is accepted.
 """
 
 from __future__ import annotations
 
 import csv
+import datetime
 import json
 import logging
+import re
 import warnings
 from pathlib import Path
 
@@ -144,8 +156,8 @@ class PreviewCopies(L.Callback):
 
 
 def training_callbacks(config: dict) -> list[L.Callback]:
-    """The memorisation warning, the previews' copy share and, when ``early_stopping.patience`` is set,
-    early stopping."""
+    """The memorisation warning, the previews' copy share, when ``early_stopping.patience`` is set early
+    stopping (on ``early_stopping.monitor``), and with ``val_crps`` the held-out imputation score."""
     found: list[L.Callback] = []
     settings = config.get("memorisation") or {}
     warn_passes = settings.get("warn_passes")
@@ -163,8 +175,108 @@ def training_callbacks(config: dict) -> list[L.Callback]:
         min_delta = stopping.get("min_delta", 0.0)
         if not min_delta >= 0:
             raise ValueError(f"early_stopping.min_delta must be >= 0, got {min_delta}")
-        found.append(EarlyStopping(monitor="val/loss", mode="min", patience=patience, min_delta=min_delta))
+        monitor = stopping.get("monitor") or "val/loss"
+        if monitor == "val/crps" and not config.get("val_crps"):
+            raise ValueError("early_stopping.monitor=val/crps needs val_crps (the time-series domain's held-out score)")
+        found.append(EarlyStopping(monitor=monitor, mode="min", patience=patience, min_delta=min_delta))
+    if config.get("val_crps"):
+        found.append(ImputationCRPS(**config["val_crps"]))
     return found
+
+
+TIME_UNITS = {"s": 1, "sec": 1, "min": 60, "m": 60, "h": 3600, "d": 86400}
+TIME_BUDGET_HELP = (
+    'seconds (a positive number) or a string such as "90s", "2min", "1.5h", "1d" or "00:00:02:00" (DD:HH:MM:SS)'
+)
+
+
+def time_budget(value) -> datetime.timedelta | None:
+    """A training time budget as the timedelta Lightning's Trainer ``max_time`` takes; None stays None."""
+    if value is None or isinstance(value, datetime.timedelta):
+        seconds = None if value is None else value.total_seconds()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().lower()
+        match = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)", text)
+        if match and match.group(2) in (*TIME_UNITS, ""):
+            seconds = float(match.group(1)) * TIME_UNITS.get(match.group(2), 1)
+        elif re.fullmatch(r"\d+:\d+:\d+:\d+", text):
+            days, hours, minutes, secs = map(int, text.split(":"))
+            seconds = ((days * 24 + hours) * 60 + minutes) * 60 + secs
+        else:
+            seconds = float("nan")
+    else:
+        seconds = float("nan")
+    if seconds is None:
+        return None
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError(f"time budget (trainer.max_time) must be {TIME_BUDGET_HELP}; got {value!r}")
+    return datetime.timedelta(seconds=seconds)
+
+
+def trainer_arguments(trainer: dict) -> dict:
+    """The ``trainer.*`` config as Lightning's Trainer takes it: ``max_time`` through ``time_budget``."""
+    if trainer.get("max_time") is None:
+        return {k: v for k, v in trainer.items() if k != "max_time"}
+    return {**trainer, "max_time": time_budget(trainer["max_time"])}
+
+
+def sample_crps(samples: Tensor, truth: Tensor, weight: Tensor) -> float:
+    """The CRPS of an ensemble, averaged over the cells where ``weight`` is 1: per cell
+    mean|X - y| - mean|X - X'| / 2 over ``samples`` [S, ...] of ``truth`` [...] (the energy form,
+    with the samples' own spread; lower is better, 0 is a perfect point mass on the truth)."""
+    skill = (samples - truth).abs().mean(0)
+    spread = (samples[:, None] - samples[None]).abs().mean((0, 1))
+    cells = weight.sum().clamp_min(1)
+    return float(((skill - spread / 2) * weight).sum() / cells)
+
+
+class ImputationCRPS(L.Callback):
+    """Held-out imputation error at every validation: ``windows`` validation windows (evenly spaced),
+    some observed values hidden by the domain's training masker with a fixed seed, imputed with
+    ``samples`` draws of ``steps`` sampler steps (fixed seeds, the averaged weights when EMA is on),
+    scored by CRPS in model space (standardised units) and logged as ``val/crps`` (progress bar too).
+    The same windows, masks and seeds every time, so the scores of a run compare with each other."""
+
+    def __init__(self, windows: int = 16, samples: int = 8, steps: int = 5, seed: int = 0) -> None:
+        for name, value in (("windows", windows), ("samples", samples), ("steps", steps)):
+            if not isinstance(value, int) or value < (2 if name == "samples" else 1):
+                least = 2 if name == "samples" else 1
+                raise ValueError(f"val_crps.{name} must be a whole number >= {least}, got {value!r}")
+        self.windows, self.samples, self.steps, self.seed = windows, samples, steps, seed
+        self.held_out: dict[str, Tensor] | None = None
+
+    def held_out_windows(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Tensor]:
+        dataset = split_dataset(trainer.datamodule, "val")
+        if len(dataset) == 0:
+            dataset = split_dataset(trainer.datamodule, "train")
+        chosen = torch.linspace(0, len(dataset) - 1, min(self.windows, len(dataset))).round().long().unique()
+        items = [dataset[int(i)] for i in chosen]
+        batch = {key: torch.stack([item[key] for item in items]) for key in items[0]}
+        observed = batch["mask"] > 0
+        hidden = pl_module.domain.masker(observed, torch.Generator().manual_seed(self.seed))
+        return {**batch, "given": (observed & ~hidden).float(), "hidden": (observed & hidden).float()}
+
+    def score(self, pl_module: L.LightningModule, held_out: dict[str, Tensor]) -> float:
+        n = len(held_out["x"])
+        rows = torch.arange(n * self.samples) % n
+        inputs = pl_module.domain.imputation_inputs(
+            held_out["x"][rows], held_out["given"][rows], held_out["time_pos"][rows]
+        )
+        seeds = [self.seed * 1_000_003 + i for i in range(len(rows))]
+        with torch.no_grad():
+            drawn = pl_module.generate(len(rows), seed=seeds, steps=self.steps, inputs=inputs)["x"].cpu()
+        return sample_crps(drawn.reshape(self.samples, *held_out["x"].shape), held_out["x"], held_out["hidden"])
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Runs after ``EMAWeightAveraging``'s hook (which swaps the averaged weights in) when this
+        callback comes after it, as ``toolkit.train.callbacks`` orders them."""
+        if trainer.sanity_checking or trainer.datamodule is None:
+            return
+        if self.held_out is None:
+            self.held_out = self.held_out_windows(trainer, pl_module)
+        pl_module.log("val/crps", self.score(pl_module, self.held_out), prog_bar=True, on_epoch=True, sync_dist=True)
 
 
 def copy_report(

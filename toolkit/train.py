@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from toolkit import cli
-from toolkit.callbacks import copy_report, training_callbacks
+from toolkit.callbacks import copy_report, trainer_arguments, training_callbacks
 from toolkit.config import CONF_DIR, compose_config  # noqa: F401 (compose_config: its old home, still imported)
 from toolkit.files import atomic_path, write_text_atomic
 from toolkit.module import DiffusionModule, read_checkpoint
@@ -298,6 +298,7 @@ def train(cfg: DictConfig, run_dir: Path, claim: bool = False) -> Path:
     config = OmegaConf.to_container(cfg, resolve=True)
     config.pop("hydra", None)
     check_trainer_keys(config["trainer"])
+    trainer_args = trainer_arguments(config["trainer"])
     module = DiffusionModule(config)
     datamodule = module.domain.datamodule(config["data"]["batch_size"], config["data"]["num_workers"], cfg.seed)
     run_dir, made = run_folder(Path(run_dir), cfg.ckpt_path, claim)
@@ -307,7 +308,7 @@ def train(cfg: DictConfig, run_dir: Path, claim: bool = False) -> Path:
             save_hydra_files(cfg, run_dir)
             write_atomic(module.config, run_dir / "config.yaml")
         trainer = L.Trainer(
-            **config["trainer"],
+            **trainer_args,
             default_root_dir=str(run_dir),
             callbacks=callbacks(config, run_dir),
             logger=[CSVLogger(run_dir, name="logs"), TensorBoardLogger(run_dir, name="tensorboard")],

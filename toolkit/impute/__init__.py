@@ -33,8 +33,14 @@ Decisions, relied on by the CLI, the HTTP service (toolkit/serve.py) and the tes
   window in which it lies most central (earliest on ties): every value of a sample is then a draw
   of the model, conditioned on the most context on both sides; averaging overlapping windows
   would shrink the spread of the samples and so the quantiles.
-- Seeds: window w of sample s is drawn with its own seed, derived from (seed, s, series, window
-  start), so the same call with the same seed gives the same result, whatever the batch size.
+- Seeds: window w of sample s is drawn with its own seed, derived from (seed, s, the series' id in
+  the series-id column or none for a frame of one series, window start), so the same call with the
+  same seed gives the same result whatever the batch size, and a frame gets the same draws alone or
+  anywhere in a dict of frames (never from its position in the call).
+- Fitting (``Imputer.fit``) trains with the CLI's config; each validation scores imputation of
+  held-out windows (``val/crps``, in the progress bar), which ``early_stopping``/``patience`` stop
+  on; ``time_budget`` caps the wall time. ``window``/``stride`` given both as keywords and as config
+  keys must agree.
 - Masks are named as in ``toolkit.domains.timeseries``: ``observed`` cells have a value, and
   every observed value of a window is ``given`` to the model; ``missing`` cells are filled.
 

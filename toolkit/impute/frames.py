@@ -19,12 +19,14 @@ ROW_COLUMN = "__imputer_row__"  # input row numbers, carried through read_series
 class Prepared:
     """One input frame, read for the model: its series (model column order) and, per series, the
     input row of each of its steps (-1 for time stamps missing from the input's regular grid, which
-    ``read_series`` inserts as gaps)."""
+    ``read_series`` inserts as gaps). ``names``: each series' id in the series-id column, None for a
+    frame without one; window seeds derive from it, never from the frame's place in a call."""
 
     frame: pd.DataFrame
     variables: list
     series: list[Series]
     rows: list[np.ndarray]
+    names: list[str | None]
 
 
 def variable_columns(frame: pd.DataFrame, time_column: str | None, series_column: str | None) -> list:
@@ -125,7 +127,8 @@ def prepare_frame(frame: pd.DataFrame, columns: list[str], time: str | None, ser
         )
     series = [Series(s.name, s.index, s.positions, s.values[:, :-1]) for s in data.series]
     rows = [np.nan_to_num(s.values[:, -1], nan=-1).astype(np.int64) for s in data.series]
-    return Prepared(frame, variables, series, rows)
+    names = [s.name if series_id is not None else None for s in data.series]
+    return Prepared(frame, variables, series, rows, names)
 
 
 def input_frames(data) -> dict:

@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from toolkit import callbacks
 from toolkit.config import compose_config
 from toolkit.core import sampler as samplers
 from toolkit.domains.timeseries import Series, SeriesSet, TimeSeriesDomain, make_windows, to_model_space
@@ -21,6 +22,7 @@ from toolkit.impute.stitching import most_central, window_seed
 from toolkit.module import DiffusionModule, load_module, save_module
 from toolkit.train import train
 
+DEFAULT_PATIENCE = 5  # early_stopping=True when the config's patience is null (conf/domain/timeseries.yaml: 5)
 OPEN_CONFIG_SECTIONS = ("domain.net.", "trainer.")  # constructor kwargs: keys beyond the defaults are fine
 
 
@@ -46,6 +48,40 @@ def fit_config(max_steps: int | None, settings: Mapping, overrides: Mapping) -> 
     for key, value in values.items():
         OmegaConf.update(cfg, key, value, merge=False)
     return cfg
+
+
+def keyword_or_config(name: str, keyword, overrides: dict, default, key: str | None = None):
+    """The value of a ``fit`` keyword that is also a config key (``key``, default ``domain.<name>``):
+    either one, or ``default``. Both given and different is an error naming both values, since
+    neither can be silently preferred. The config key is removed from ``overrides``."""
+    key = key or f"domain.{name}"
+    given = {k: overrides.pop(k) for k in (key, key.replace(".", "__")) if k in overrides}
+    if len(set(map(repr, given.values()))) > 1:
+        raise ValueError(f"config keys {' and '.join(given)} disagree: {given}; give {name}= once")
+    config_value = next(iter(given.values()), None)
+    if keyword is not None and config_value is not None and keyword != config_value:
+        raise ValueError(
+            f"{name}={keyword!r} and the config key {next(iter(given))}={config_value!r} disagree; "
+            f"give one of them (the keyword {name}= is the documented one)"
+        )
+    return keyword if keyword is not None else config_value if config_value is not None else default
+
+
+def stopping_settings(early_stopping: bool | None, patience: int | None, overrides: dict) -> dict:
+    """The ``early_stopping.patience`` override of ``fit``'s ``early_stopping``/``patience`` keywords
+    (none: the config's). ``early_stopping=True`` without a patience uses the config's, else
+    ``DEFAULT_PATIENCE``."""
+    patience = keyword_or_config("patience", patience, overrides, None, "early_stopping.patience")
+    if early_stopping is False:
+        if patience is not None:
+            raise ValueError(f"early_stopping=False and patience={patience!r} contradict each other; give one")
+        return {"early_stopping.patience": None}
+    if patience is not None:
+        return {"early_stopping.patience": patience}
+    if early_stopping:
+        configured = compose_config(["domain=timeseries"]).early_stopping.patience
+        return {"early_stopping.patience": configured or DEFAULT_PATIENCE}
+    return {}
 
 
 class Imputer:
@@ -79,8 +115,8 @@ class Imputer:
         cls,
         data,
         *,
-        window: int = 64,
-        stride: int = 8,
+        window: int | None = None,
+        stride: int | None = None,
         max_steps: int | None = None,
         seed: int = 0,
         batch_size: int = 32,
@@ -88,6 +124,10 @@ class Imputer:
         series_column: str | None = None,
         columns: Sequence[str] | None = None,
         run_dir: str | Path | None = None,
+        time_budget: float | str | None = None,
+        early_stopping: bool | None = None,
+        patience: int | None = None,
+        progress: bool = True,
         **config_overrides,
     ) -> Imputer:
         """Train a model on ``data`` (a DataFrame, a dict of DataFrames, or a CSV/Parquet path) with
@@ -98,20 +138,42 @@ class Imputer:
         and the learning-rate warm-up are shortened to fit, unless set here. The run folder (the
         training data as Parquet, logs, checkpoints, samples) is ``run_dir``, else a temporary
         folder removed afterwards; ``save`` keeps the model.
+
+        ``window`` and ``stride`` (default: the config's, 64 and 8 steps) may also come as the config keys
+        ``domain.window``/``domain.stride``; both given with different values is a ValueError.
+
+        ``time_budget``: stop training after this long (then the model of the last step is kept):
+        seconds, or a string such as "90s", "2min", "1h" (config: ``trainer.max_time``, through
+        Lightning's Trainer ``max_time``); ``max_steps`` stays the upper bound and sets the learning
+        rate's decay.
+
+        Every validation (``trainer.val_check_interval`` steps) imputes a fixed set of masked
+        validation windows and logs their CRPS as ``val/crps``; ``progress`` shows it in a progress
+        bar. ``early_stopping=True`` stops when ``val/crps`` has not improved for ``patience``
+        validations (``patience`` alone turns it on; default: the config's ``early_stopping``).
         """
+        config_overrides = dict(config_overrides)
+        window = keyword_or_config("window", window, config_overrides, None)
+        stride = keyword_or_config("stride", stride, config_overrides, None)
+        time_budget = keyword_or_config("time_budget", time_budget, config_overrides, None, "trainer.max_time")
+        if time_budget is not None:
+            max_time = callbacks.time_budget(time_budget)  # a bad value fails before any work
+            config_overrides["trainer.max_time"] = (
+                time_budget if isinstance(time_budget, str) else max_time.total_seconds()
+            )
+        config_overrides.update(stopping_settings(early_stopping, patience, config_overrides))
         settings = {
             "seed": seed,
             "domain.source": "path",
-            "domain.window": window,
-            "domain.stride": stride,
             "domain.time_column": time_column,
             "domain.series_column": series_column,
             "domain.columns": list(columns) if columns is not None else None,
-            "trainer.enable_progress_bar": False,
+            "trainer.enable_progress_bar": bool(progress),
             "trainer.enable_model_summary": False,
             "data.batch_size": batch_size,
             "preview.n": 4,
             "final_samples.n": 4,
+            **{f"domain.{k}": v for k, v in (("window", window), ("stride", stride)) if v is not None},
         }
         cfg = fit_config(max_steps, settings, config_overrides)
         with contextlib.ExitStack() as stack:
@@ -183,7 +245,10 @@ class Imputer:
         frames = input_frames(data)
         prepared = {name: self._prepare(frame, time_column, series_column) for name, frame in frames.items()}
         all_series = [s for p in prepared.values() for s in p.series]
-        stitched = self._sample(all_series, int(n_samples), int(seed), steps, method, stride, batch_size, progress)
+        names = [name for p in prepared.values() for name in p.names]
+        stitched = self._sample(
+            all_series, names, int(n_samples), int(seed), steps, method, stride, batch_size, progress
+        )
 
         results, offset = {}, 0
         for name, p in prepared.items():
@@ -252,14 +317,15 @@ class Imputer:
         steps: int | None = None,
         sampler: str | None = None,
         batch_size: int = 512,
-        window_ids: Sequence[tuple[int, int]] | None = None,
+        window_ids: Sequence[tuple[int | str | None, int]] | None = None,
         progress: bool = False,
     ) -> np.ndarray:
         """Draws for windows of the model's length: ``values`` [N, K, L] in data units and the model's
         column order, NaN = to fill -> samples [n_samples, N, K, L] in data units, observed entries as
         given. ``time_pos`` [N, L] (default 0..L-1). All windows of all samples go through ``generate``
         together, ``batch_size`` at a time; window ``i`` of sample ``s`` is seeded from
-        (seed, s, window_ids[i]) (default ids (0, i)), so results do not depend on the batch size."""
+        (seed, s, window_ids[i]) (ids: (series name or number, start); default (0, i)), so results do
+        not depend on the batch size (``stitching.window_seed``)."""
         values = np.asarray(values, dtype=float)
         expected = (len(self.columns), self.window)
         if values.ndim != 3 or values.shape[1:] != expected:
@@ -303,6 +369,7 @@ class Imputer:
     def _sample(
         self,
         series: list[Series],
+        names: list[str | None],
         n_samples: int,
         seed: int,
         steps: int,
@@ -311,7 +378,8 @@ class Imputer:
         batch_size: int,
         progress: bool,
     ) -> list[np.ndarray]:
-        """Samples [n_samples, len(series), K] (model column order) of every series."""
+        """Samples [n_samples, len(series), K] (model column order) of every series; a series' windows
+        are seeded from its name (``names``, None for the one series of a frame), not its position."""
         windows = make_windows(SeriesSet(self.columns, series), self.window, stride)
         values = self.sample_windows(
             windows.values,
@@ -321,7 +389,7 @@ class Imputer:
             steps=steps,
             sampler=method,
             batch_size=batch_size,
-            window_ids=[(int(i), int(start)) for i, start in zip(windows.series_index, windows.start, strict=True)],
+            window_ids=[(names[i], int(start)) for i, start in zip(windows.series_index, windows.start, strict=True)],
             progress=progress,
         ).transpose(0, 1, 3, 2)  # [S, N, L, K]
         result = []

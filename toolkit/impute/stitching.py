@@ -3,11 +3,25 @@ step taken from the window in which it lies most central."""
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 
-def window_seed(seed: int, sample: int, series: int, start: int) -> int:
-    return int(np.random.SeedSequence([seed, sample, series, start]).generate_state(1)[0])
+def series_entropy(series: int | str | None) -> list[int]:
+    """The seed words of a series: its name hashed (so a series draws the same noise wherever it
+    sits among the frames of a call), or its number; no name (a frame of one series) is 0."""
+    if series is None:
+        return [0]
+    if isinstance(series, (int, np.integer)):
+        return [int(series)]
+    digest = hashlib.sha256(str(series).encode()).digest()
+    return [int.from_bytes(digest[i : i + 4], "little") for i in range(0, 16, 4)]
+
+
+def window_seed(seed: int, sample: int, series: int | str | None, start: int) -> int:
+    """The seed of one window of one sample: from (seed, sample, series name or number, start) only."""
+    return int(np.random.SeedSequence([seed, sample, *series_entropy(series), start]).generate_state(1)[0])
 
 
 def most_central(windows, series_index: int, length: int, window: int) -> tuple[np.ndarray, np.ndarray]:
