@@ -92,3 +92,15 @@ def test_overhead_is_timed_for_every_sampler(bench):
     # ddpm draws per-sample seeded noise every step, ddim none: the loop timing sees it.
     assert cost.ours["ddpm"][0].per_step > 2 * cost.ours["ddim"][0].per_step
     assert len(bench.overhead_table(cost, 0)) == 2 + len(bench.OVERHEAD_PAIRS)
+
+
+def test_ode_gap_script_measures_solver_error_apart_from_the_draw(tmp_path):
+    """benchmarks/samplers_ode.py: every solver gets a distance to the exact ODE solution that
+    shrinks with more evaluations, and the exact solution is its own zero row."""
+    ode = load_benchmark("samplers_ode")
+    out = ode.main(["--n", "64", "--draws", "2", "--nfe", "5", "20", "--out", str(tmp_path / "ode.md")])
+    rows = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| ours:")]
+    assert [row[0] for row in rows] == ["| ours: unipc", "| ours: dpmpp_2m", "| ours: dpmpp_3m"]
+    assert all(float(row[3]) < float(row[1]) for row in rows)  # 20 NFE closer to the ODE than 5
+    assert "| exact ODE solution (2,000 steps) | 0 |" in out.read_text()
+    del sys.modules[ode.__name__]
