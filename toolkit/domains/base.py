@@ -43,7 +43,9 @@ class Domain:
     classifier-free guidance) and implement the methods that raise NotImplementedError: the data
     module, the net, `decode`, and the two hooks of the saved outputs, `pictures` (one picture per
     sample) and `write_sample` (the files of one sample). `edit_options` names the keyword options
-    of `edit_inputs` (the sample CLI passes those it is given).
+    of `edit_inputs` (the sample CLI passes those it is given). A domain trained on captioned data sets
+    `text_encoder`; its batches then carry `tokens` (``tokenize`` of the captions) and its net takes
+    them as conditioning.
     """
 
     name: str = "base"
@@ -51,11 +53,13 @@ class Domain:
     num_classes: int = 0
     class_names: list[str] | None = None
     edit_options: tuple[str, ...] = ()
+    text_encoder: dict | None = None  # a conf/text_encoder config when the data is captioned (prompts)
     picture_scale: int = 1  # upscaling of the pictures in the grid and the strip
 
     def datamodule(self, batch_size: int, num_workers: int = 0, seed: int = 0) -> L.LightningDataModule:
-        """Batches are dicts: `x` (float32 model space), optional `label` (int64 [B]),
-        optional `mask` (float [B, ...], 1 = observed/valid)."""
+        """Batches are dicts: `x` (float32 model space), optional `label` (int64 [B]), optional
+        `tokens` (int64 [B, max_tokens], the captions' ``tokenize``), optional `mask` (float [B, ...],
+        1 = observed/valid)."""
         raise NotImplementedError
 
     def build_net(self) -> nn.Module:
@@ -84,16 +88,33 @@ class Domain:
             )
         return net
 
+    def tokenize(self, texts) -> Tensor:
+        """Prompts or captions -> ``tokens`` [n, max_tokens] (see toolkit.text); "" is the null prompt."""
+        if self.text_encoder is None:
+            raise ValueError(
+                f"this {self.name} model was not trained with captions, so it takes no prompt; "
+                "train one on captioned data (e.g. experiment=image_prompts) or pass labels"
+            )
+        from toolkit.text import build_tokenizer
+
+        return build_tokenizer(self.text_encoder)(texts)
+
     def training_batch(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> TrainingBatch:
-        """Default: data as is, labels as conditioning, the batch mask as loss mask."""
+        """Default: data as is, labels and caption tokens as conditioning, the batch mask as loss mask."""
         cond = {"label": batch["label"]} if "label" in batch and self.num_classes else {}
+        if "tokens" in batch and self.text_encoder is not None:
+            cond["tokens"] = batch["tokens"]
         return TrainingBatch(x=batch["x"], cond=cond, loss_mask=batch.get("mask"))
 
     def null_cond(self, cond: dict[str, Tensor]) -> dict[str, Tensor]:
-        """The unconditional branch for classifier-free guidance: every label -> null label."""
-        if "label" not in cond:
-            return cond
-        return {**cond, "label": torch.full_like(cond["label"], self.num_classes)}
+        """The unconditional branch for classifier-free guidance: every label -> null label, every
+        prompt -> the empty prompt (all padding)."""
+        null = dict(cond)
+        if "label" in cond:
+            null["label"] = torch.full_like(cond["label"], self.num_classes)
+        if "tokens" in cond:
+            null["tokens"] = torch.zeros_like(cond["tokens"])
+        return null
 
     def wrap_denoiser(self, denoiser):
         """The denoiser samplers use: ``denoiser`` itself, or a small wrapper around it that applies
