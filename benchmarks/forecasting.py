@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import yaml
+from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import markdown_table, stopwatch, write_results  # noqa: E402
@@ -132,7 +132,8 @@ def make_task(frame: pd.DataFrame, horizon: int, count: int) -> Task:
 
 def fit_settings(source: str) -> dict:
     """benchmarks/imputation.py's per-source training overrides as ``Imputer.fit`` config keys."""
-    return {key: yaml.safe_load(value) for key, value in (s.split("=", 1) for s in SOURCE_SETTINGS[source])}
+    pairs = (setting.split("=", 1) for setting in SOURCE_SETTINGS[source])
+    return {key: OmegaConf.from_dotlist([f"value={value}"])["value"] for key, value in pairs}
 
 
 def fit_or_load(source: str, train: pd.DataFrame, ckpt: Path | None, args) -> tuple[Imputer, float]:

@@ -40,10 +40,10 @@ PEERS = ("DPMSolverMultistepScheduler", "UniPCMultistepScheduler")
 EXACT_STEPS = 2000
 
 
-def solvers(gm: GaussianMixture, sched, n: int, dim: int, nfe: int) -> dict[str, torch.Tensor]:
-    """Every solver's samples at ``nfe`` evaluations from the noise of ``bench.SEED``."""
-    denoiser, noise = gm.denoiser(sched), bench.initial_noise(n, dim)
-    out = {f"ours: {m}": bench.run_ours(m, nfe, denoiser, sched, n, dim) for m in OURS}
+def solvers(gm: GaussianMixture, sched, n: int, dim: int, nfe: int, seed: int) -> dict[str, torch.Tensor]:
+    """Every solver's samples at ``nfe`` evaluations from the noise of ``seed``."""
+    denoiser, noise = gm.denoiser(sched), bench.initial_noise(n, dim, seed)
+    out = {f"ours: {m}": bench.run_ours(m, nfe, denoiser, sched, n, dim, seed=seed) for m in OURS}
     for config in (c for name in PEERS for c in bench._configs(name) if c.spacing != "leading"):
         steps, _ = bench.steps_for_nfe(lambda s, c=config: bench.peer_evaluations(c, s), nfe)
         out[f"diffusers: {config.name}"] = bench.run_peer(config, steps, bench.mixture_vp_denoiser(gm), noise)
@@ -54,17 +54,15 @@ def measure(dim: int, n: int, nfes: Sequence[int], draws: int) -> tuple[list[lis
     gm, sched = GaussianMixture.random(dim, 3, seed=dim), schedule.get("linear")
     distance: dict[tuple[str, int], float] = {}
     fd: dict[tuple[str, int], list[float]] = {}
-    first_seed = bench.SEED
     for draw in range(draws):
-        bench.SEED = first_seed + draw * n  # disjoint seeds per draw; draw 0 is samplers.py's noise
-        exact = bench.run_ours("dpmpp_2m", EXACT_STEPS, gm.denoiser(sched), sched, n, dim)
+        seed = bench.SEED + draw * n  # disjoint seeds per draw; draw 0 is samplers.py's noise
+        exact = bench.run_ours("dpmpp_2m", EXACT_STEPS, gm.denoiser(sched), sched, n, dim, seed=seed)
         fd.setdefault(("exact ODE solution", 0), []).append(bench.errors(gm, exact)[0])
         for nfe in nfes:
-            for name, x in solvers(gm, sched, n, dim, nfe).items():
+            for name, x in solvers(gm, sched, n, dim, nfe, seed).items():
                 fd.setdefault((name, nfe), []).append(bench.errors(gm, x)[0])
                 if draw == 0:
                     distance[(name, nfe)] = (x - exact).norm(dim=1).mean().item()
-    bench.SEED = first_seed
     names = [name for name, nfe in distance if nfe == nfes[0]]
     rows = []
     for name in names:

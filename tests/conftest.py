@@ -40,6 +40,15 @@ def save_untrained_checkpoint(path, overrides):
     return path
 
 
+# The time-series net at its smallest: what every tiny time-series run in the tests uses.
+TINY_TS_NET = [
+    "domain.net.channels=16",
+    "domain.net.layers=1",
+    "domain.net.heads=2",
+    "domain.net.time_emb_dim=16",
+    "domain.net.feature_emb_dim=4",
+]
+
 TINY_IMAGE = [
     "domain.net.base_channels=16",
     "domain.net.channel_mults=[1,2]",

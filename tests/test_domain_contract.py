@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import TINY_TS_NET
 from omegaconf import OmegaConf
 
 from toolkit.domains.base import GRID_FILE, SAMPLES_FILE, STRIP_FILE, Domain
@@ -51,11 +52,7 @@ TINY = {
         "domain.synthetic.length=120",
         "domain.synthetic.num_features=2",
         "domain.window=16",
-        "domain.net.channels=16",
-        "domain.net.layers=1",
-        "domain.net.heads=2",
-        "domain.net.time_emb_dim=16",
-        "domain.net.feature_emb_dim=4",
+        *TINY_TS_NET,
     ],
 }
 # What a domain must implement itself; `save` may replace the hooks it calls.

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_TS_NET
 from omegaconf import OmegaConf
 
 from toolkit import train as train_cli
@@ -22,11 +23,7 @@ TINY_TS = [
     "domain=timeseries",
     "domain.source=synthetic",
     "domain.window=16",
-    "domain.net.channels=16",
-    "domain.net.layers=1",
-    "domain.net.heads=2",
-    "domain.net.time_emb_dim=16",
-    "domain.net.feature_emb_dim=4",
+    *TINY_TS_NET,
     "data.batch_size=32",  # 4 batches an epoch
     "trainer.limit_val_batches=1",
     "trainer.enable_progress_bar=false",
