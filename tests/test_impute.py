@@ -215,6 +215,27 @@ def test_windows_are_drawn_by_generate_with_their_own_inputs(imputer, monkeypatc
     assert samples.shape == (2, 3, 2, WINDOW) and np.isfinite(samples).all()
 
 
+def test_only_windows_that_own_a_gap_are_drawn(imputer, monkeypatch):
+    """A forecast of a long, fully observed history draws the window of the future only; a frame without
+    gaps draws nothing."""
+    drawn = []
+    sample_windows = imputer.sample_windows
+
+    def recording(values, *args, **options):
+        drawn.append(len(values))
+        return sample_windows(values, *args, **options)
+
+    monkeypatch.setattr(imputer, "sample_windows", recording)
+    history = gappy(400, seed=3).interpolate().bfill()
+    result = imputer.forecast(history, horizon=4, stride=WINDOW // 2, **FAST)
+    assert drawn == [1], "the last window owns the 4 future steps; the other 50 are skipped"
+    assert result.filled.notna().all().all()
+    assert result.filled.iloc[:400].to_numpy().tobytes() == history.to_numpy().tobytes()
+    drawn.clear()
+    assert imputer.impute(history, **FAST).filled.to_numpy().tobytes() == history.to_numpy().tobytes()
+    assert drawn == [], "nothing to fill, nothing drawn"
+
+
 class InterpolatingDenoiser:
     """A stand-in for the denoiser with a known answer: x0_hat is the linear interpolation, in each
     window's time positions, of the values given as conditioning (which come centred on ``offset``)."""

@@ -379,21 +379,27 @@ class Imputer:
         progress: bool,
     ) -> list[np.ndarray]:
         """Samples [n_samples, len(series), K] (model column order) of every series; a series' windows
-        are seeded from its name (``names``, None for the one series of a frame), not its position."""
+        are seeded from its name (``names``, None for the one series of a frame), not its position.
+        Only the windows that own a missing step are drawn: a fully observed stretch of history (as
+        before a forecast) costs nothing, and each drawn window's seed does not depend on the others."""
         windows = make_windows(SeriesSet(self.columns, series), self.window, stride)
-        values = self.sample_windows(
-            windows.values,
-            windows.time_pos,
-            n_samples=n_samples,
-            seed=seed,
-            steps=steps,
-            sampler=method,
-            batch_size=batch_size,
-            window_ids=[(names[i], int(start)) for i, start in zip(windows.series_index, windows.start, strict=True)],
-            progress=progress,
-        ).transpose(0, 1, 3, 2)  # [S, N, L, K]
-        result = []
-        for i, s in enumerate(series):
-            owner, offset = most_central(windows, i, len(s), self.window)
-            result.append(values[:, owner, offset])
-        return result
+        owners = [most_central(windows, i, len(s), self.window) for i, s in enumerate(series)]
+        drawn = np.zeros(len(windows), dtype=bool)
+        for owner, offset in owners:
+            drawn[owner[np.isnan(windows.values[owner, :, offset]).any(axis=1)]] = True
+        values = np.broadcast_to(windows.values, (n_samples, *windows.values.shape)).copy()  # [S, N, K, L]
+        if drawn.any():
+            ids = [(names[i], int(start)) for i, start in zip(windows.series_index, windows.start, strict=True)]
+            values[:, drawn] = self.sample_windows(
+                windows.values[drawn],
+                windows.time_pos[drawn],
+                n_samples=n_samples,
+                seed=seed,
+                steps=steps,
+                sampler=method,
+                batch_size=batch_size,
+                window_ids=[ids[w] for w in np.flatnonzero(drawn)],
+                progress=progress,
+            )
+        values = values.transpose(0, 1, 3, 2)  # [S, N, L, K]
+        return [values[:, owner, offset] for owner, offset in owners]
