@@ -329,13 +329,17 @@ def default_label(method: str) -> str:
     return sampler.SAMPLERS[method].spacing + (" to s(N)" if sampler.SAMPLERS[method].sigma_min is not None else "")
 
 
+def tuned_grid(gm: GaussianMixture, sched, dim: int, method: str, nfe: int) -> tune.TunedGrid:
+    """The grid of ``method`` tuned for ``nfe`` evaluations on TUNE_DRAWS draws other than the benchmark's."""
+    denoiser = gm.denoiser(sched)
+    return tune.tune(denoiser, (dim,), sched, method, nfe, draws=TUNE_DRAWS, seed=TUNE_SEED, dtype=torch.float64)
+
+
 def tuned_cell(method: str, nfe: int, gm: GaussianMixture, sched, n: int, dim: int) -> Cell:
     """Our ``method`` on a grid tuned for ``nfe`` evaluations on TUNE_DRAWS other draws; the
     cell's seconds are the tuning's CPU time plus the run's."""
     started = time.process_time()
-    grid = tune.tune(
-        gm.denoiser(sched), (dim,), sched, method, nfe, draws=TUNE_DRAWS, seed=TUNE_SEED, dtype=torch.float64
-    )
+    grid = tuned_grid(gm, sched, dim, method, nfe)
     x = run_ours(method, grid.steps, gm.denoiser(sched), sched, n, dim, times=grid.times)
     return Cell(grid.nfe, grid.steps, *errors(gm, x), time.process_time() - started)
 
