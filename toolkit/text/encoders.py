@@ -145,9 +145,10 @@ class HFEncoder(TextEncoder):
     kind = "hf"
 
     def __init__(self, path: str | None = None, **options):
+        folder = hf_folder(path)
         from transformers import AutoModel
 
-        model = AutoModel.from_pretrained(hf_folder(path)).eval().requires_grad_(False)
+        model = AutoModel.from_pretrained(folder).eval().requires_grad_(False)
         super().__init__(features=model.config.hidden_size, **options)
         self.__dict__["frozen"] = model  # not a submodule: no parameters, no state_dict entries
 

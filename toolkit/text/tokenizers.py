@@ -95,9 +95,10 @@ class HFTokenizer(Tokenizer):
 
     def __init__(self, max_tokens: int = 32, path: str | None = None):
         super().__init__(max_tokens)
+        folder = hf_folder(path)
         from transformers import AutoTokenizer
 
-        self.hf = AutoTokenizer.from_pretrained(hf_folder(path))
+        self.hf = AutoTokenizer.from_pretrained(folder)
         self.vocab_size = len(self.hf) + 1
 
     def ids(self, text: str) -> list[int]:
