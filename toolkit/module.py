@@ -235,11 +235,14 @@ class DiffusionModule(L.LightningModule):
         sampler_kwargs = {**sampler_options(cfg, method, steps), **sampler_kwargs}
         if sampler_kwargs.get("strength", 1.0) < 1.0:
             sampler_kwargs.pop("times", None)  # image-to-image starts part-way: a named spacing
-        was_training = self.net.training
-        self.net.eval()
-        prompts, negative_prompts = self.prompt_list(prompt, n, "prompt"), self.prompt_list(negative_prompt, n)
+        prompts, negative_prompts = (
+            self.prompt_list(prompt, n, "prompt"),
+            self.prompt_list(negative_prompt, n, "negative_prompt"),
+        )
         if negative_prompts is not None and prompts is None:
             prompts = [""] * n  # the conditional branch is then the empty prompt
+        was_training = self.net.training
+        self.net.eval()
         domain_shape, cond, inputs = self.sampling_inputs(
             n, seed, labels, guidance, sampler_kwargs.pop("cond", {}), inputs, prompts, negative_prompts
         )
@@ -276,7 +279,7 @@ class DiffusionModule(L.LightningModule):
             x, trajectory = torch.cat(results), None
         return {"x": x, "labels": cond.get("label"), "seeds": seeds, "prompts": prompts, "trajectory": trajectory}
 
-    def prompt_list(self, prompt: str | list[str] | None, n: int, key: str = "negative_prompt") -> list[str] | None:
+    def prompt_list(self, prompt: str | list[str] | None, n: int, key: str) -> list[str] | None:
         """``prompt`` as one string per sample (a single string is repeated), checked; None stays None."""
         if prompt is None:
             return None

@@ -223,12 +223,14 @@ class Domain:
             raise ValueError(f"trajectory shape {tuple(trajectory.shape)} does not match [steps, *{tuple(x.shape)}]")
         label_list = [None] * n if labels is None else [int(label) for label in labels]
         data, pictures = self.decode(x), self.pictures(x)
-        paths, stems = [], [self.sample_stem(i, label, seed) for i, (label, seed) in enumerate(zip(label_list, seeds))]
+        stems = [self.sample_stem(i, label, seed) for i, (label, seed) in enumerate(zip(label_list, seeds))]
+        paths = []
         for i, stem in enumerate(stems):
             paths += self.write_sample(out_dir, stem, data[i], pictures[i])
         rows = labels
-        if labels is None and prompts is not None:
-            rows = torch.tensor([list(dict.fromkeys(prompts)).index(prompt) for prompt in prompts])
+        if labels is None and prompts is not None:  # a grid row per prompt, in order of first use
+            first_use = {prompt: row for row, prompt in enumerate(dict.fromkeys(prompts))}
+            rows = torch.tensor([first_use[prompt] for prompt in prompts])
         paths.append(self.save_grid(pictures, out_dir / GRID_FILE, rows))
         if trajectory is not None:
             paths.append(self.save_strip(trajectory, out_dir / STRIP_FILE))
