@@ -3,6 +3,7 @@ guidance 1 = conditional sampling, same seed and prompt = same bits, negative pr
 tokens, checkpoints without the frozen table, and the sample CLI's prompt keys."""
 
 import csv
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -111,6 +112,8 @@ def test_prompt_errors_are_clear(module):
         module.generate(3, steps=1, prompt=["a one", "a two"])
     with pytest.raises(ValueError, match="max_tokens=16"):
         module.generate(1, steps=1, prompt="a seven leaning right with a very bold stroke")
+    with pytest.raises(ValueError, match="only acts through guidance"):
+        module.generate(2, steps=1, guidance=1.0, prompt="a one", negative_prompt="a two")
     plain = DiffusionModule(OmegaConf.to_container(tiny_image_config(), resolve=True))
     for keyword in ("prompt", "negative_prompt"):
         with pytest.raises(ValueError, match="not trained with captions"):
@@ -135,6 +138,17 @@ def test_label_guidance_is_unchanged_by_prompt_support():
         uncond=uncond,
     )
     assert torch.equal(guided["x"], direct) and guided["prompts"] is None
+
+
+def test_previews_cycle_through_the_configured_prompts(tmp_path):
+    module = wake_text_layers(prompt_module("preview.n=3", "+preview.prompts=[a seven, a one]"))
+    module._trainer = SimpleNamespace(
+        sanity_checking=False, is_global_zero=True, default_root_dir=str(tmp_path), global_step=0, loggers=[]
+    )
+    module.on_validation_epoch_end()
+    expected = module.generate(3, seed=0, prompt=["a seven", "a one", "a seven"])["x"]
+    assert torch.equal(module.preview_samples, expected)
+    assert (tmp_path / "previews" / "step_000000.png").is_file()
 
 
 def test_a_few_training_steps_on_tokens_reduce_the_loss():

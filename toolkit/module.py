@@ -118,11 +118,13 @@ class DiffusionModule(L.LightningModule):
         return value
 
     def on_validation_epoch_end(self) -> None:
-        """A preview of samples (drawn with the averaged weights when EMA is on) every validation."""
+        """A preview of samples (drawn with the averaged weights when EMA is on) every validation; a
+        model trained on captions draws them for ``preview.prompts`` in turn when given."""
         if self.trainer.sanity_checking or not self.trainer.is_global_zero:
             return
         n = self.config.get("preview", {}).get("n", 16)
-        out = self.generate(n, seed=0)
+        prompts = self.config.get("preview", {}).get("prompts")
+        out = self.generate(n, seed=0, prompt=[prompts[i % len(prompts)] for i in range(n)] if prompts else None)
         self.preview_samples = out["x"]  # scored for copies by callbacks.PreviewCopies
         path = Path(self.trainer.default_root_dir) / "previews" / f"step_{self.global_step:06d}.png"
         self.domain.preview(out["x"], path, out["labels"])
@@ -181,6 +183,8 @@ class DiffusionModule(L.LightningModule):
         if prompts is not None:
             cond["tokens"] = self.domain.tokenize(prompts).to(self.device)
         shape = tuple(inputs.pop("shape", (n, *self.domain.sample_shape)))
+        if negative_prompts is not None and guidance in (None, 1.0):
+            raise ValueError("negative_prompt only acts through guidance; give guidance > 1 (e.g. guidance=3)")
         if guidance is not None and guidance != 1.0 and ("label" in cond or "tokens" in cond):
             uncond = self.domain.null_cond(cond)
             if negative_prompts is not None:

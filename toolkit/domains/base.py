@@ -103,7 +103,10 @@ class Domain:
         self.require_text_encoder()
         from toolkit.text import build_tokenizer
 
-        return build_tokenizer(self.text_encoder)(texts)
+        key = repr(sorted(self.text_encoder.items()))
+        if getattr(self, "_tokenizer", (None, None))[0] != key:  # built once (an hf one reads its folder)
+            self._tokenizer = (key, build_tokenizer(self.text_encoder))
+        return self._tokenizer[1](texts)
 
     def training_batch(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> TrainingBatch:
         """Default: data as is, labels and caption tokens as conditioning, the batch mask as loss mask."""
