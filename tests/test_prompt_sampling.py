@@ -253,3 +253,24 @@ def test_sample_cli_prompt_errors(checkpoint, tmp_path, capsys):
     plain = save_module(DiffusionModule(OmegaConf.to_container(tiny_image_config(), resolve=True)), tmp_path / "p.ckpt")
     assert "not trained with captions" in error_of(capsys, [f"ckpt={plain}", *base[1:], "prompt=a one"])
     assert not (tmp_path / "out").exists()
+
+
+def test_lightning_training_with_ema_writes_checkpoints_that_load_and_resume(tmp_path):
+    from toolkit.train import train
+
+    text = "{kind: wordllama, max_tokens: 8, dim: 32, layers: 1, heads: 2}"
+    overrides = [
+        "domain._target_=test_prompt_sampling.PromptDigits",
+        "domain.conditional=true",  # labels and captions together
+        f"+domain.text_encoder={text}",
+        "+preview.prompts=[a seven, a one]",
+    ]
+    last = train(tiny_image_config(*overrides), tmp_path / "run")
+    checkpoint = torch.load(last, weights_only=True)
+    for state in (checkpoint["state_dict"], checkpoint["current_model_state"]):
+        assert not any(key.endswith("table") for key in state) and any("cross_attention" in key for key in state)
+    module = load_module(last)
+    first = module.generate(2, seed=0, steps=2, guidance=2.0, prompt="a seven")
+    assert torch.equal(first["x"], module.generate(2, seed=0, steps=2, guidance=2.0, prompt="a seven")["x"])
+    resumed = train(tiny_image_config(*overrides, f"ckpt_path={last}", "trainer.max_steps=6"), tmp_path / "resumed")
+    assert torch.load(resumed, weights_only=True)["global_step"] == 6
