@@ -118,11 +118,13 @@ class DiffusionModule(L.LightningModule):
         return value
 
     def on_validation_epoch_end(self) -> None:
-        """A preview of samples (drawn with the averaged weights when EMA is on) every validation."""
+        """A preview of samples (drawn with the averaged weights when EMA is on) every validation; a
+        model trained on captions draws them for ``preview.prompts`` in turn when given."""
         if self.trainer.sanity_checking or not self.trainer.is_global_zero:
             return
         n = self.config.get("preview", {}).get("n", 16)
-        out = self.generate(n, seed=0)
+        prompts = self.config.get("preview", {}).get("prompts")
+        out = self.generate(n, seed=0, prompt=[prompts[i % len(prompts)] for i in range(n)] if prompts else None)
         self.preview_samples = out["x"]  # scored for copies by callbacks.PreviewCopies
         path = Path(self.trainer.default_root_dir) / "previews" / f"step_{self.global_step:06d}.png"
         self.domain.preview(out["x"], path, out["labels"])
@@ -165,18 +167,29 @@ class DiffusionModule(L.LightningModule):
         guidance: float | None,
         cond: dict | None = None,
         inputs: dict | None = None,
+        prompts: list[str] | None = None,
+        negative_prompts: list[str] | None = None,
     ) -> tuple[tuple[int, ...], dict, dict]:
         """The sample shape, the conditioning and the guidance keywords of ``sampler.sample`` for
         ``n`` samples: the domain's (``Domain.sampling_inputs``, classes round-robin without
-        ``labels``) on this module's device, or the given ``inputs`` as they are."""
+        ``labels``) on this module's device, or the given ``inputs`` as they are. ``prompts`` (one
+        per sample) become ``cond["tokens"]``; guidance applies to labels and prompts alike, with
+        ``negative_prompts`` (one per sample) in place of the empty prompt in the unconditional branch."""
         if inputs is None:
             inputs = self.domain.sampling_inputs(n, labels=labels, seed=seed if isinstance(seed, int) else seed[0])
             inputs = {k: _to(v, self.device) for k, v in inputs.items()}
         inputs = dict(inputs)
         cond = {**inputs.pop("cond", {}), **(cond or {})}
+        if prompts is not None:
+            cond["tokens"] = self.domain.tokenize(prompts).to(self.device)
         shape = tuple(inputs.pop("shape", (n, *self.domain.sample_shape)))
-        if guidance is not None and guidance != 1.0 and "label" in cond:
-            inputs.update(guidance=guidance, uncond=self.domain.null_cond(cond))
+        if negative_prompts is not None and guidance in (None, 1.0):
+            raise ValueError("negative_prompt only acts through guidance; give guidance > 1 (e.g. guidance=3)")
+        if guidance is not None and guidance != 1.0 and ("label" in cond or "tokens" in cond):
+            uncond = self.domain.null_cond(cond)
+            if negative_prompts is not None:
+                uncond["tokens"] = self.domain.tokenize(negative_prompts).to(self.device)
+            inputs.update(guidance=guidance, uncond=uncond)
         return shape, cond, inputs
 
     def generate(
@@ -193,12 +206,18 @@ class DiffusionModule(L.LightningModule):
         shape: tuple[int, ...] | None = None,
         batch_size: int | None = None,
         inputs: dict | None = None,
+        prompt: str | list[str] | None = None,
+        negative_prompt: str | list[str] | None = None,
         **sampler_kwargs,
     ) -> dict:
         """Draw ``n`` samples in model space with the configured (or given) sampler settings.
 
-        Returns a dict with ``x``, ``labels`` (or None), ``seeds`` and ``trajectory``: the clean
-        estimates x0_hat every ``trajectory_every`` steps, [K, n, ...], ending with ``x`` (or None).
+        Returns a dict with ``x``, ``labels`` (or None), ``seeds``, ``prompts`` (one per sample, or
+        None) and ``trajectory``: the clean estimates x0_hat every ``trajectory_every`` steps,
+        [K, n, ...], ending with ``x`` (or None).
+        ``prompt``: for a model trained on captions, a prompt for all samples or one per sample
+        (without it, the empty prompt: unconditional); with ``guidance``, classifier-free guidance
+        pushes away from the empty prompt, or from ``negative_prompt`` (one for all or one per sample).
         ``shape``: the batch shape ``(n, ...)`` when it is not the domain's (an edit such as
         outpainting sets its own). ``batch_size``: at most that many samples per sampler call; each
         sample comes from its own seed, so it is the same in any batch (up to the network's
@@ -220,10 +239,16 @@ class DiffusionModule(L.LightningModule):
         sampler_kwargs = {**sampler_options(cfg, method, steps), **sampler_kwargs}
         if sampler_kwargs.get("strength", 1.0) < 1.0:
             sampler_kwargs.pop("times", None)  # image-to-image starts part-way: a named spacing
+        prompts, negative_prompts = (
+            self.prompt_list(prompt, n, "prompt"),
+            self.prompt_list(negative_prompt, n, "negative_prompt"),
+        )
+        if negative_prompts is not None and prompts is None:
+            prompts = [""] * n  # the conditional branch is then the empty prompt
         was_training = self.net.training
         self.net.eval()
         domain_shape, cond, inputs = self.sampling_inputs(
-            n, seed, labels, guidance, sampler_kwargs.pop("cond", {}), inputs
+            n, seed, labels, guidance, sampler_kwargs.pop("cond", {}), inputs, prompts, negative_prompts
         )
         inputs.update(sampler_kwargs)
         shape = tuple(domain_shape if shape is None else shape)
@@ -256,7 +281,17 @@ class DiffusionModule(L.LightningModule):
             x, trajectory = torch.cat([r[0] for r in results]), torch.cat([r[1].x0_hat for r in results], dim=1)
         else:
             x, trajectory = torch.cat(results), None
-        return {"x": x, "labels": cond.get("label"), "seeds": seeds, "trajectory": trajectory}
+        return {"x": x, "labels": cond.get("label"), "seeds": seeds, "prompts": prompts, "trajectory": trajectory}
+
+    def prompt_list(self, prompt: str | list[str] | None, n: int, key: str) -> list[str] | None:
+        """``prompt`` as one string per sample (a single string is repeated), checked; None stays None."""
+        if prompt is None:
+            return None
+        self.domain.require_text_encoder()
+        prompts = [prompt] * n if isinstance(prompt, str) else list(prompt)
+        if len(prompts) != n:
+            raise ValueError(f"{key} must be one string or one per sample: {n} samples but {len(prompts)} prompts")
+        return prompts
 
 
 # Sampler inputs that may broadcast over the batch (e.g. one mask for all samples).

@@ -3,10 +3,13 @@
     python -m toolkit.sample ckpt=PATH out=DIR [n=16] [seed=0] [steps=20] [sampler=dpmpp_2m]
         [guidance=2.0] [label=7 | label=three] [trajectory_every=2] [overwrite=true]
         [edit=inpaint image=x.png mask=m.png]
+        [prompt="a bold seven" | prompts=FILE] [negative_prompt="a thin seven"]
 
 ``python -m toolkit.sample --help`` lists every key with its meaning and default. Without ``label``,
-classes go round-robin. The domain writes its files (PNG/WAV/PLY/CSV, a grid, ``strip.png`` and
-``samples.npz``). The same call with the same seed writes the same files.
+classes go round-robin. A model trained on captions takes ``prompt`` (all n samples) or ``prompts``
+(a file, one prompt a line, n samples each); ``prompts.csv`` then says which prompt made which file.
+The domain writes its files (PNG/WAV/PLY/CSV, a grid, ``strip.png`` and ``samples.npz``). The same
+call with the same seed writes the same files.
 
 A user error (a bad value, a file that is not a checkpoint, an ``out`` folder holding other files)
 prints one ``error: ...`` line and exits with status 2. Samples are written to a hidden folder
@@ -89,6 +92,9 @@ KEYS: dict[str, tuple[object, Callable[[str, str], object], str]] = {
     "sampler": (None, sampler_name, f"one of {', '.join(SAMPLERS)}; default: the checkpoint's"),
     "guidance": (None, number, "classifier-free guidance scale (1 = none); default: the checkpoint's"),
     "label": (None, text, "class name (label=three) or index into the sorted class names; default: round-robin"),
+    "prompt": (None, text, "text prompt for every sample (models trained on captions)"),
+    "prompts": (None, text, "file of prompts, one a line (blank lines skipped), n samples each"),
+    "negative_prompt": (None, text, "prompt that guidance steers away from (instead of the empty prompt)"),
     "trajectory_every": (2, integer(0), "a strip.png column every k sampler steps (0 = no strip.png)"),
     "device": ("cpu", text, "cpu, cuda, cuda:N or mps"),
     "overwrite": (False, boolean, "true replaces the files of an earlier sample run in out"),
@@ -134,6 +140,8 @@ def parse_args(argv: list[str]) -> dict:
             raise ValueError(f"{key}=... is required. Example: python -m toolkit.sample ckpt=last.ckpt out=samples")
     if args["seed"] + args["n"] - 1 > MAX_SEED:
         raise ValueError(f"seed={args['seed']} is too large: seed + n - 1 must be at most {MAX_SEED}")
+    if args["prompt"] is not None and args["prompts"] is not None:
+        raise ValueError("give prompt= (one prompt for all samples) or prompts=FILE (one a line), not both")
     edit_options = [f"{key}=" for key in EDIT_OPTIONS if key in given]
     if args["edit"] is None and edit_options:
         raise ValueError(f"{', '.join(edit_options)} only apply to edits; add edit=inpaint, outpaint or img2img")
@@ -186,6 +194,24 @@ def resolve_label(value: str | None, class_names: list[str] | None, num_classes:
     return index
 
 
+def read_prompts(path: str) -> list[str]:
+    """The prompts of a ``prompts=`` file: one a line, surrounding white space and blank lines dropped."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ValueError(f"prompts={path} is not a file; give a text file with one prompt a line")
+    prompts = [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError(f"prompts={path} holds no prompt; write one prompt a line")
+    return prompts
+
+
+def sample_prompts(args: dict) -> list[str] | None:
+    """One prompt per sample: ``prompt`` n times, or each line of the ``prompts`` file n times."""
+    if args["prompts"] is not None:
+        return [prompt for prompt in read_prompts(args["prompts"]) for _ in range(args["n"])]
+    return None if args["prompt"] is None else [args["prompt"]] * args["n"]
+
+
 def check_out(out: Path, overwrite: bool) -> None:
     """``out`` must be new or empty, or (with overwrite) an earlier sample folder."""
     from toolkit.domains.base import SAMPLES_FILE
@@ -227,10 +253,14 @@ def run(args: dict) -> list[Path]:
     from toolkit.module import load_module  # Lightning loads slowly: not for --help and bad arguments
 
     check_device(args["device"])
+    prompts = sample_prompts(args)
     module = load_module(args["ckpt"], map_location=args["device"])
-    domain, n = module.domain, args["n"]
+    domain = module.domain
+    n = args["n"] if prompts is None else len(prompts)
+    if args["seed"] + n - 1 > MAX_SEED:
+        raise ValueError(f"seed={args['seed']} is too large for {n} samples: seed + samples - 1 must be <= {MAX_SEED}")
     label = resolve_label(args["label"], domain.class_names, domain.num_classes)
-    if args["guidance"] is not None and not domain.num_classes:
+    if args["guidance"] is not None and not domain.num_classes and domain.text_encoder is None:
         raise ValueError(f"guidance={args['guidance']} given but this checkpoint is unconditional; drop guidance=")
     extra, shape = {}, None
     if args["edit"] is not None:
@@ -249,11 +279,15 @@ def run(args: dict) -> list[Path]:
         trajectory_every=args["trajectory_every"],
         progress=True,
         shape=shape,
+        prompt=prompts,
+        negative_prompt=args["negative_prompt"],
         **extra,
     )
 
+    with_prompts = {} if result["prompts"] is None else {"prompts": result["prompts"]}  # not every save takes them
+
     def write(folder: Path) -> list[Path]:
-        return domain.save(result["x"], folder, result["labels"], result["seeds"], result["trajectory"])
+        return domain.save(result["x"], folder, result["labels"], result["seeds"], result["trajectory"], **with_prompts)
 
     return write_atomically(out, args["overwrite"], write)
 

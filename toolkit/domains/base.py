@@ -6,6 +6,7 @@ nothing of pixels, sound, points or tables.
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ SAMPLES_FILE = "samples.npz"  # the samples as arrays, with ``labels`` and ``see
 GRID_FILE = "grid.png"  # one picture of all samples
 STRIP_FILE = "strip.png"  # the progression from noise to result
 STRIP_ROWS = 8  # samples shown in the strip, one row each
+PROMPTS_FILE = "prompts.csv"  # with prompts: which prompt (and seed) made which sample's files
 
 
 @dataclass
@@ -88,16 +90,23 @@ class Domain:
             )
         return net
 
-    def tokenize(self, texts) -> Tensor:
-        """Prompts or captions -> ``tokens`` [n, max_tokens] (see toolkit.text); "" is the null prompt."""
+    def require_text_encoder(self) -> None:
+        """Raise ValueError, saying what to do instead, unless this domain takes prompts."""
         if self.text_encoder is None:
             raise ValueError(
                 f"this {self.name} model was not trained with captions, so it takes no prompt; "
                 "train one on captioned data (e.g. experiment=image_prompts) or pass labels"
             )
+
+    def tokenize(self, texts) -> Tensor:
+        """Prompts or captions -> ``tokens`` [n, max_tokens] (see toolkit.text); "" is the null prompt."""
+        self.require_text_encoder()
         from toolkit.text import build_tokenizer
 
-        return build_tokenizer(self.text_encoder)(texts)
+        key = repr(sorted(self.text_encoder.items()))
+        if getattr(self, "_tokenizer", (None, None))[0] != key:  # built once (an hf one reads its folder)
+            self._tokenizer = (key, build_tokenizer(self.text_encoder))
+        return self._tokenizer[1](texts)
 
     def training_batch(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> TrainingBatch:
         """Default: data as is, labels and caption tokens as conditioning, the batch mask as loss mask."""
@@ -199,30 +208,54 @@ class Domain:
         labels: Tensor | None,
         seeds: list[int],
         trajectory: Tensor | None = None,
+        prompts: list[str] | None = None,
     ) -> list[Path]:
         """Write what users open and return the paths: the files of each sample (``write_sample``),
         ``grid.png``, with a trajectory [steps, n, ...] of x0 estimates ``strip.png``, and
-        ``samples.npz`` (``sample_arrays``, ``labels`` with -1 where none, ``seeds``, ``class_names``)."""
+        ``samples.npz`` (``sample_arrays``, ``labels`` with -1 where none, ``seeds``, ``class_names``).
+        With ``prompts`` (one per sample) ``samples.npz`` also holds ``prompts``, ``prompts.csv`` names
+        each sample's file stem, seed and prompt, and without labels the grid has a row per prompt."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         n = len(x)
         if len(seeds) != n:
             raise ValueError(f"need one seed per sample: {n} samples but {len(seeds)} seeds")
+        if prompts is not None and len(prompts) != n:
+            raise ValueError(f"need one prompt per sample: {n} samples but {len(prompts)} prompts")
         if trajectory is not None and tuple(trajectory.shape[1:]) != tuple(x.shape):
             raise ValueError(f"trajectory shape {tuple(trajectory.shape)} does not match [steps, *{tuple(x.shape)}]")
         label_list = [None] * n if labels is None else [int(label) for label in labels]
         data, pictures = self.decode(x), self.pictures(x)
+        stems = [self.sample_stem(i, label, seed) for i, (label, seed) in enumerate(zip(label_list, seeds))]
         paths = []
-        for i, (label, seed) in enumerate(zip(label_list, seeds, strict=True)):
-            paths += self.write_sample(out_dir, self.sample_stem(i, label, seed), data[i], pictures[i])
-        paths.append(self.save_grid(pictures, out_dir / GRID_FILE, labels))
+        for i, stem in enumerate(stems):
+            paths += self.write_sample(out_dir, stem, data[i], pictures[i])
+        rows = labels
+        if labels is None and prompts is not None:  # a grid row per prompt, in order of first use
+            first_use = {prompt: row for row, prompt in enumerate(dict.fromkeys(prompts))}
+            rows = torch.tensor([first_use[prompt] for prompt in prompts])
+        paths.append(self.save_grid(pictures, out_dir / GRID_FILE, rows))
         if trajectory is not None:
             paths.append(self.save_strip(trajectory, out_dir / STRIP_FILE))
+        extra = {}
+        if prompts is not None:
+            extra["prompts"] = np.asarray(prompts, dtype=str)
+            paths.append(write_prompts_csv(out_dir / PROMPTS_FILE, stems, seeds, prompts))
         np.savez_compressed(
             out_dir / SAMPLES_FILE,
             **self.sample_arrays(data),
             labels=np.array([-1 if label is None else label for label in label_list], dtype=np.int64),
             seeds=np.asarray(seeds, dtype=np.int64),
             class_names=np.asarray(self.class_names or [], dtype=str),
+            **extra,
         )
         return [*paths, out_dir / SAMPLES_FILE]
+
+
+def write_prompts_csv(path: Path, stems: list[str], seeds: list[int], prompts: list[str]) -> Path:
+    """``file,seed,prompt`` per sample: which prompt (and seed) made the files named ``file``."""
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "seed", "prompt"])
+        writer.writerows(zip(stems, seeds, prompts))
+    return path

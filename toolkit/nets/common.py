@@ -27,3 +27,42 @@ def zero_init(module: nn.Module) -> nn.Module:
     for p in module.parameters():
         nn.init.zeros_(p)
     return module
+
+
+class CrossAttention(nn.Module):
+    """Pre-norm multi-head attention of tokens ``x`` [B, N, dim] over a ``context`` [B, K,
+    context_dim] (or over themselves when ``context`` is None), as a residual branch whose output
+    layer starts at zero, so that adding it leaves a network's function unchanged at initialisation.
+    ``mask`` [B, K] is True where a key may be attended; every row needs at least one True."""
+
+    def __init__(self, dim: int, context_dim: int, heads: int):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"attention width {dim} must be divisible by heads ({heads})")
+        self.heads = heads
+        self.norm = nn.LayerNorm(dim)
+        self.query = nn.Linear(dim, dim)
+        self.key_value = nn.Linear(context_dim, 2 * dim)
+        self.out = zero_init(nn.Linear(dim, dim))
+
+    def forward(self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        h = self.norm(x)
+        k, v = self.key_value(h if context is None else context).chunk(2, -1)
+        b, d = x.shape[0], x.shape[-1]
+        q, k, v = (z.reshape(b, z.shape[1], self.heads, d // self.heads).transpose(1, 2) for z in (self.query(h), k, v))
+        attn_mask = None if mask is None else mask[:, None, None, :]
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return x + self.out(attended.transpose(1, 2).reshape(b, -1, d))
+
+
+def encode_prompt(encoder: nn.Module | None, tokens: Tensor | None, batch: int, net: str):
+    """A net's text conditioning: ``encoder(tokens)`` (sequence, mask, pooled), the empty prompt when
+    ``tokens`` is None, or None for a net built without a text encoder (which then refuses tokens)."""
+    if encoder is None:
+        if tokens is not None:
+            raise ValueError(
+                f"this {net} was built without a text encoder (text_encoder=None) but got prompt tokens; "
+                "build it with a text_encoder config (conf/text_encoder) to condition on prompts"
+            )
+        return None
+    return encoder.encode(tokens, batch)

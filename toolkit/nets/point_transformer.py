@@ -4,7 +4,9 @@ Each point is embedded by a small MLP and the points attend to each other with p
 self-attention. Nothing encodes a point's index, so permuting the input points permutes the output
 the same way: the network sees a set, as a point cloud is. Time and class condition every block by
 adaptive LayerNorm (DiT's adaLN-Zero: a per-sample shift, scale and residual gate from the
-conditioning embedding, zero at initialisation so every block starts as the identity).
+conditioning embedding, zero at initialisation so every block starts as the identity). With a text
+encoder, the prompt's pooled vector joins that embedding and every block's points cross-attend to
+the prompt's tokens after their self-attention.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from toolkit.nets.common import sinusoidal_embedding, zero_init
+from toolkit.nets.common import CrossAttention, encode_prompt, sinusoidal_embedding, zero_init
 
 
 def modulate(h: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
@@ -33,10 +35,19 @@ class PointBlock(nn.Module):
     With ``num_latents = 0`` every point attends to every point (cost O(N^2)). With ``num_latents
     = M > 0`` the attention goes through M learned inducing points (Set Transformer's ISAB, Lee
     et al. 2019): the inducing points gather from all points, then every point reads from them,
-    cost O(N M). Both are equivariant to the order of the points.
+    cost O(N M). Both are equivariant to the order of the points. With ``context_dim`` the points
+    then cross-attend to the prompt's tokens.
     """
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float, num_latents: int = 0):
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        mlp_ratio: float,
+        dropout: float,
+        num_latents: int = 0,
+        context_dim: int | None = None,
+    ):
         super().__init__()
         self.heads, self.dropout = heads, dropout
         self.norm_attention = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
@@ -48,12 +59,13 @@ class PointBlock(nn.Module):
         else:
             self.latents = None
         self.attention_out = nn.Linear(dim, dim)
+        self.cross_attention = CrossAttention(dim, context_dim, heads) if context_dim else None
         self.norm_mlp = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim))
         self.modulation = zero_init(nn.Linear(dim, 6 * dim))
 
-    def forward(self, h: Tensor, cond: Tensor) -> Tensor:
+    def forward(self, h: Tensor, cond: Tensor, text: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.modulation(F.silu(cond))[:, None].chunk(6, -1)
         q, k, v = self.qkv(modulate(self.norm_attention(h), shift_a, scale_a)).chunk(3, -1)
         dropout = self.dropout if self.training else 0.0
@@ -61,16 +73,21 @@ class PointBlock(nn.Module):
             gathered = attend(self.latent_query(self.latents + cond[:, None]), k, v, self.heads, dropout)
             k, v = self.latent_kv(gathered).chunk(2, -1)
         h = h + gate_a * self.attention_out(attend(q, k, v, self.heads, dropout))
+        if self.cross_attention is not None and text is not None:
+            h = self.cross_attention(h, text[0], text[1])
         return h + gate_m * self.mlp(modulate(self.norm_mlp(h), shift_m, scale_m))
 
 
 class PointTransformer(nn.Module):
-    """Denoiser ``net(x_t [B, N, 3], t [B], label=None) -> [B, N, 3]``, equivariant to point order.
+    """Denoiser ``net(x_t [B, N, 3], t [B], label=None, tokens=None) -> [B, N, 3]``, equivariant to point order.
 
     ``t`` is in [0, 1]. With ``num_classes > 0`` the class table has ``num_classes + 1`` rows; the
     last is the null class, used for classifier-free guidance and when ``label`` is None. The output
     layer starts at zero, so an untrained network predicts 0 for every point. ``num_latents > 0``
     replaces full self-attention (O(N^2)) by attention through that many inducing points (O(N M)).
+    ``text_encoder`` (a conf/text_encoder config) adds a text encoder, cross-attention in every block
+    and the prompt's pooled vector to the conditioning (both zero at initialisation); ``tokens=None``
+    is then the empty prompt. Without it, no text layers exist.
     """
 
     def __init__(
@@ -84,6 +101,7 @@ class PointTransformer(nn.Module):
         num_latents: int = 0,
         point_dim: int = 3,
         fourier_bands: int = 0,
+        text_encoder: dict | None = None,
     ):
         super().__init__()
         if dim % heads:
@@ -96,7 +114,16 @@ class PointTransformer(nn.Module):
         self.point_embedding = nn.Sequential(nn.Linear(features, dim), nn.GELU(), nn.Linear(dim, dim))
         self.time_embedding = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.class_embedding = nn.Embedding(num_classes + 1, dim) if num_classes > 0 else None
-        self.blocks = nn.ModuleList(PointBlock(dim, heads, mlp_ratio, dropout, num_latents) for _ in range(depth))
+        self.text_encoder, context_dim = None, None
+        if text_encoder is not None:
+            from toolkit.text.encoders import build_encoder
+
+            self.text_encoder = build_encoder(text_encoder)
+            context_dim = self.text_encoder.dim
+            self.text_pooled = zero_init(nn.Linear(context_dim, dim))
+        self.blocks = nn.ModuleList(
+            PointBlock(dim, heads, mlp_ratio, dropout, num_latents, context_dim) for _ in range(depth)
+        )
         self.norm_out = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.modulation_out = zero_init(nn.Linear(dim, 2 * dim))
         self.out = zero_init(nn.Linear(dim, point_dim))
@@ -124,13 +151,16 @@ class PointTransformer(nn.Module):
         angles = (x[..., None] * self.frequencies.to(x.dtype)).flatten(-2)
         return torch.cat([x, angles.sin(), angles.cos()], dim=-1)
 
-    def forward(self, x: Tensor, t: Tensor, label: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, label: Tensor | None = None, tokens: Tensor | None = None) -> Tensor:
         if x.ndim != 3 or x.shape[-1] != self.point_dim:
             raise ValueError(f"expected points of shape [B, N, {self.point_dim}], got {tuple(x.shape)}")
         t = t.to(x.dtype).expand(x.shape[0]) if t.ndim == 0 else t.to(x.dtype)
+        text = encode_prompt(self.text_encoder, tokens, x.shape[0], "PointTransformer")
         cond = self.condition(t, label)
+        if text is not None:
+            cond = cond + self.text_pooled(text[2])
         h = self.point_embedding(self.coordinate_features(x))
         for block in self.blocks:
-            h = block(h, cond)
+            h = block(h, cond, text)
         shift, scale = self.modulation_out(F.silu(cond))[:, None].chunk(2, -1)
         return self.out(modulate(self.norm_out(h), shift, scale))

@@ -1,8 +1,10 @@
 """A 2D UNet denoiser for any grid-shaped data: images [C, H, W], mel spectrograms [1, mels, frames].
 
-``net(x_t, t, label=None) -> prediction`` with ``t`` in [0, 1]. Time (and, when ``num_classes > 0``,
-class) embeddings modulate every residual block by scale and shift. Normalisation is GroupNorm, so
-each sample's output depends on that sample alone.
+``net(x_t, t, label=None, tokens=None) -> prediction`` with ``t`` in [0, 1]. Time (and, when
+``num_classes > 0``, class; with a text encoder, the prompt's pooled vector) embeddings modulate
+every residual block by scale and shift; with a text encoder the features also cross-attend to the
+prompt's tokens wherever they self-attend. Normalisation is GroupNorm, so each sample's output
+depends on that sample alone.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from toolkit.nets.common import sinusoidal_embedding, zero_init
+from toolkit.nets.common import CrossAttention, encode_prompt, sinusoidal_embedding, zero_init
 
 
 class ResBlock(nn.Module):
@@ -54,6 +56,18 @@ class SelfAttention(nn.Module):
         return x + self.out(attended.transpose(-1, -2).reshape(b, c, h, w))
 
 
+class MapCrossAttention(CrossAttention):
+    """``CrossAttention`` of a feature map's positions [B, C, H, W] over the prompt's tokens."""
+
+    def __init__(self, channels: int, context_dim: int, head_channels: int = 32):
+        super().__init__(channels, context_dim, max(1, channels // head_channels))
+
+    def forward(self, x: Tensor, context: Tensor, mask: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        attended = super().forward(x.flatten(2).transpose(1, 2), context, mask)
+        return attended.transpose(1, 2).reshape(b, c, h, w)
+
+
 def downsample(channels: int) -> nn.Module:
     return nn.Conv2d(channels, channels, 3, stride=2, padding=1)
 
@@ -70,24 +84,47 @@ class Upsample(nn.Module):
 
 
 class Level(nn.Module):
-    """Container of one resolution's residual blocks, each followed by attention or an identity;
+    """Container of one resolution's residual blocks, each followed by attention or an identity
+    (and, with ``context_dim``, cross-attention to the prompt after each self-attention);
     ``UNet.forward`` runs them, since down and up levels route skip connections differently."""
 
-    def __init__(self, channels: Sequence[tuple[int, int]], emb_dim: int, groups: int, dropout: float, attend: bool):
+    def __init__(
+        self,
+        channels: Sequence[tuple[int, int]],
+        emb_dim: int,
+        groups: int,
+        dropout: float,
+        attend: bool,
+        context_dim: int | None = None,
+    ):
         super().__init__()
         self.blocks = nn.ModuleList(ResBlock(i, o, emb_dim, groups, dropout) for i, o in channels)
         self.attention = nn.ModuleList(SelfAttention(o, groups) if attend else nn.Identity() for _, o in channels)
+        if attend and context_dim:
+            self.cross_attention = nn.ModuleList(MapCrossAttention(o, context_dim) for _, o in channels)
+        else:
+            self.cross_attention = None
+
+    def step(self, index: int, h: Tensor, emb: Tensor, text: tuple[Tensor, Tensor, Tensor] | None) -> Tensor:
+        """Residual block ``index``, its self-attention and, given the prompt, its cross-attention."""
+        h = self.attention[index](self.blocks[index](h, emb))
+        if self.cross_attention is not None and text is not None:
+            h = self.cross_attention[index](h, text[0], text[1])
+        return h
 
 
 class UNet(nn.Module):
-    """Denoiser ``net(x_t [B,C,H,W], t [B], label=None) -> [B, out_channels, H, W]``.
+    """Denoiser ``net(x_t [B,C,H,W], t [B], label=None, tokens=None) -> [B, out_channels, H, W]``.
 
     ``channel_mults`` sets the width of each level (``base_channels * mult``); between levels the
     resolution halves, so H and W must be divisible by ``2 ** (len(channel_mults) - 1)``.
     ``attention_levels`` lists the level indices that get self-attention. With ``num_classes > 0``
     the class embedding has ``num_classes + 1`` rows; the last one is the null class used for
     classifier-free guidance and for ``label=None``. ``middle_attention`` adds self-attention to the
-    two blocks at the lowest resolution.
+    two blocks at the lowest resolution. ``text_encoder`` (a conf/text_encoder config) adds a text
+    encoder, cross-attention at the attention levels and in the middle, and the prompt's pooled
+    vector to the time embedding (both zero at initialisation); ``tokens=None`` is then the empty
+    prompt. Without it, no text layers exist.
     """
 
     def __init__(
@@ -102,6 +139,7 @@ class UNet(nn.Module):
         dropout: float = 0.0,
         groups: int = 8,
         middle_attention: bool = True,
+        text_encoder: dict | None = None,
     ):
         super().__init__()
         mults = tuple(int(m) for m in channel_mults)
@@ -128,6 +166,13 @@ class UNet(nn.Module):
         emb_dim = 4 * base_channels
         self.time_mlp = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.class_embedding = nn.Embedding(num_classes + 1, emb_dim) if num_classes > 0 else None
+        self.text_encoder, context_dim = None, None
+        if text_encoder is not None:
+            from toolkit.text.encoders import build_encoder
+
+            self.text_encoder = build_encoder(text_encoder)
+            context_dim = self.text_encoder.dim
+            self.text_pooled = zero_init(nn.Linear(context_dim, emb_dim))
 
         self.input_conv = nn.Conv2d(in_channels, base_channels, 3, padding=1)
         self.down_levels = nn.ModuleList()
@@ -140,12 +185,12 @@ class UNet(nn.Module):
                 pairs.append((width, level_width))
                 width = level_width
                 skip_widths.append(width)
-            self.down_levels.append(Level(pairs, emb_dim, groups, dropout, level in attention_levels))
+            self.down_levels.append(Level(pairs, emb_dim, groups, dropout, level in attention_levels, context_dim))
             if level < len(widths) - 1:
                 self.downsamples.append(downsample(width))
                 skip_widths.append(width)
 
-        self.middle = Level([(width, width), (width, width)], emb_dim, groups, dropout, middle_attention)
+        self.middle = Level([(width, width), (width, width)], emb_dim, groups, dropout, middle_attention, context_dim)
 
         self.up_levels = nn.ModuleList()
         self.upsamples = nn.ModuleList()
@@ -154,7 +199,7 @@ class UNet(nn.Module):
             for _ in range(num_res_blocks + 1):
                 pairs.append((width + skip_widths.pop(), widths[level]))
                 width = widths[level]
-            self.up_levels.append(Level(pairs, emb_dim, groups, dropout, level in attention_levels))
+            self.up_levels.append(Level(pairs, emb_dim, groups, dropout, level in attention_levels, context_dim))
             if level > 0:
                 self.upsamples.append(Upsample(width))
 
@@ -182,7 +227,7 @@ class UNet(nn.Module):
             )
         return emb + self.class_embedding(label)
 
-    def forward(self, x: Tensor, t: Tensor, label: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, label: Tensor | None = None, tokens: Tensor | None = None) -> Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected input [B, {self.in_channels}, H, W], got {tuple(x.shape)}")
         height, width = x.shape[-2:]
@@ -191,24 +236,27 @@ class UNet(nn.Module):
                 f"input size {height}x{width} must be divisible by {self.size_multiple} "
                 f"(2 ** (number of levels - 1)); pad or resize the input, or use fewer channel_mults"
             )
+        text = encode_prompt(self.text_encoder, tokens, x.shape[0], "UNet")
         emb = self.embedding(t, label, x.shape[0])
+        if text is not None:
+            emb = emb + self.text_pooled(text[2])
 
         h = self.input_conv(x)
         skips = [h]
         for index, level in enumerate(self.down_levels):
-            for block, attention in zip(level.blocks, level.attention, strict=True):
-                h = attention(block(h, emb))
+            for block in range(len(level.blocks)):
+                h = level.step(block, h, emb, text)
                 skips.append(h)
             if index < len(self.downsamples):
                 h = self.downsamples[index](h)
                 skips.append(h)
 
-        for block, attention in zip(self.middle.blocks, self.middle.attention, strict=True):
-            h = attention(block(h, emb))
+        for block in range(len(self.middle.blocks)):
+            h = self.middle.step(block, h, emb, text)
 
         for index, level in enumerate(self.up_levels):
-            for block, attention in zip(level.blocks, level.attention, strict=True):
-                h = attention(block(torch.cat([h, skips.pop()], dim=1), emb))
+            for block in range(len(level.blocks)):
+                h = level.step(block, torch.cat([h, skips.pop()], dim=1), emb, text)
             if index < len(self.upsamples):
                 h = self.upsamples[index](h)
 

@@ -6,6 +6,7 @@ A prompt travels through the toolkit as ``tokens``, an int64 tensor ``[B, max_to
 of classifier-free guidance (``Domain.null_cond``) and what caption dropout trains.
 """
 
+from toolkit.text.encoders import ENCODERS, TextEncoder, build_encoder
 from toolkit.text.tokenizers import PAD, TOKENIZERS, Tokenizer, build_tokenizer
 
-__all__ = ["PAD", "TOKENIZERS", "Tokenizer", "build_tokenizer"]
+__all__ = ["ENCODERS", "PAD", "TOKENIZERS", "TextEncoder", "Tokenizer", "build_encoder", "build_tokenizer"]

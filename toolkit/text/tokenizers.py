@@ -14,6 +14,8 @@ from functools import cache
 import torch
 from torch import Tensor
 
+from toolkit.text.hf import hf_folder
+
 PAD = 0
 
 
@@ -85,12 +87,41 @@ class WordLlamaTokenizer(Tokenizer):
         return [i + 1 for i in _wordllama_tokenizer().encode(text, add_special_tokens=False).ids]
 
 
-TOKENIZERS: dict[str, Callable[..., Tokenizer]] = {"learned": ByteTokenizer, "wordllama": WordLlamaTokenizer}
+class HFTokenizer(Tokenizer):
+    """The tokenizer saved with a local Hugging Face model (``text_encoder.path``), with its special
+    tokens (e.g. BERT's [CLS] and [SEP]) since its model expects them; ids shifted by one past padding."""
+
+    kind = "hf"
+
+    def __init__(self, max_tokens: int = 32, path: str | None = None):
+        super().__init__(max_tokens)
+        folder = hf_folder(path)
+        from transformers import AutoTokenizer
+
+        self.hf = AutoTokenizer.from_pretrained(folder)
+        self.vocab_size = len(self.hf) + 1
+
+    def ids(self, text: str) -> list[int]:
+        return [i + 1 for i in self.hf(text)["input_ids"]]
 
 
-def build_tokenizer(config: dict) -> Tokenizer:
-    """The tokenizer of a ``text_encoder`` config (``kind`` and ``max_tokens``; conf/text_encoder)."""
+TOKENIZERS: dict[str, Callable[..., Tokenizer]] = {
+    "learned": ByteTokenizer,
+    "wordllama": WordLlamaTokenizer,
+    "hf": HFTokenizer,
+}
+
+
+def check_kind(config: dict) -> str:
+    """The ``kind`` of a ``text_encoder`` config, or ValueError listing the kinds."""
     kind = config.get("kind")
     if kind not in TOKENIZERS:
         raise ValueError(f"text_encoder.kind={kind!r} is not valid; choose one of {sorted(TOKENIZERS)}")
-    return TOKENIZERS[kind](max_tokens=config.get("max_tokens", 32))
+    return kind
+
+
+def build_tokenizer(config: dict) -> Tokenizer:
+    """The tokenizer of a ``text_encoder`` config (``kind``, ``max_tokens``, for hf ``path``; conf/text_encoder)."""
+    kind = check_kind(config)
+    options = {"path": config.get("path")} if kind == "hf" else {}
+    return TOKENIZERS[kind](max_tokens=config.get("max_tokens", 32), **options)
