@@ -54,7 +54,7 @@ def solvers(gm: GaussianMixture, sched, n: int, dim: int, nfe: int, seed: int, g
         out[f"ours: {method}, tuned"] = bench.run_ours(
             method, grid.steps, denoiser, sched, n, dim, times=grid.times, seed=seed
         )
-    for config in (c for name in PEERS for c in bench._configs(name) if c.spacing != "leading"):
+    for config in (c for name in PEERS for c in bench.PEER_CONFIGS[name] if c.spacing != "leading"):
         steps, _ = bench.steps_for_nfe(lambda s, c=config: bench.peer_evaluations(c, s), nfe)
         out[f"diffusers: {config.name}"] = bench.run_peer(config, steps, bench.mixture_vp_denoiser(gm), noise)
     return out
