@@ -213,9 +213,9 @@ class ImageDomain(Domain):
     ``root=<folder>`` uses the PNG/JPEG files of a folder, labelled by class sub-folder when it has them
     and captioned when it holds a metadata file (``toolkit.domains.captions``; needs ``text_encoder``).
     Images are stretched to ``resolution x resolution``, with one warning (the counts of each size)
-    when a folder's images differ in size or are not square. ``class_names`` may be given to skip scanning the folder (e.g.
-    when sampling from a checkpoint on a machine without the data); it must match the folder when
-    data is loaded.
+    when a folder's images differ in size or are not square. ``class_names`` may be given to skip
+    scanning the folder (e.g. when sampling from a checkpoint on a machine without the data); it must
+    match the folder when data is loaded.
     """
 
     name = "image"
