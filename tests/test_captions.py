@@ -360,3 +360,30 @@ def test_procedural_meshes_are_unchanged():
             digest.update(np.ascontiguousarray(mesh.faces).tobytes())
     # the digest of the meshes before the builders returned their parameters
     assert digest.hexdigest() == "c6ce46aea14ea0497b33e8cd6f195729ae45199c4a5ade4af65256a3f2fa8516"
+
+
+def test_the_wheel_carries_every_shipped_captioned_file():
+    import fnmatch
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
+        "toolkit.data"
+    ]
+    shipped = [*(root / "data" / "images").rglob("*"), *(root / "data" / "audio" / "spoken_digits").glob("*.*")]
+    relative = [p.relative_to(root / "data").as_posix() for p in shipped if p.is_file() and p.suffix != ".py"]
+    missing = [name for name in relative if not any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)]
+    assert not missing, f"add package-data patterns for {missing[:3]} in pyproject.toml"
+
+
+def test_every_shipped_caption_and_paraphrase_fits_the_default_tokenizer(tmp_path: Path):
+    from toolkit.text import build_tokenizer
+
+    tokenizer = build_tokenizer({"kind": "wordllama", "max_tokens": 32})
+    shapes = pc.procedural_captions(6, seed=0)
+    texts = [row["text"] for row in [*shapes, *pc.shape_paraphrases(shapes)]]
+    for root in (CAPTIONED_DIGITS_ROOT, DEFAULT_ROOT):
+        texts += [row["text"] for row in [*read_captions(root).values(), *read_held_out(root).values()]]
+        texts += [row["text"] for _, row in read_jsonl(root / PARAPHRASES_FILE)]
+    assert (tokenizer(texts) != 0).any(dim=1).all()  # raises for a prompt over 32 tokens
+    assert max(len(text.encode()) for text in texts) <= 64  # the byte tokenizer with max_tokens=64

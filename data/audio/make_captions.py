@@ -32,7 +32,7 @@ VOICE_NOUNS = {"male": "man", "female": "woman"}
 SPEED_ADVERBS = {"fast": "fast", "slow": "slowly", "": ""}
 # Wordings kept out of the captions (paraphrases.jsonl).
 PARAPHRASE_SPEEDS = {"fast": " quickly", "slow": " unhurriedly", "": ""}
-PARAPHRASE_PACES = {"fast": " at a brisk pace", "slow": " at a leisurely pace", "": ""}
+PARAPHRASE_PACES = {"fast": " briskly", "slow": " leisurely", "": ""}
 PARAPHRASE_PITCHES = {"low": " with a deep voice", "high": " with a shrill voice", "": ""}
 PARAPHRASE_TONES = {"low": " in a deep tone", "high": " in a shrill tone", "": ""}
 
@@ -84,7 +84,7 @@ def paraphrases(word: str, voice: str, pitch: str, speed: str) -> list[str]:
     noun, adjective = VOICE_NOUNS[voice], voice
     return [
         f"the word {word} said{PARAPHRASE_SPEEDS[speed]} by a {noun}{PARAPHRASE_PITCHES[pitch]}",
-        f"a {adjective} speaker pronouncing {word}{PARAPHRASE_PACES[speed]}{PARAPHRASE_TONES[pitch]}",
+        f"a {adjective} speaker uttering {word}{PARAPHRASE_PACES[speed]}{PARAPHRASE_TONES[pitch]}",
     ]
 
 
