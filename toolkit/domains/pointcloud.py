@@ -454,7 +454,7 @@ SYNONYMS = {
     "armrests": "arms",
     "engines": "jet engines",
     "four legs": "four supports",
-    "a handle": "a grip",
+    "handle": "grip",
 }
 PARAPHRASE_LINK = "that has"
 
@@ -471,7 +471,7 @@ def shape_measures(class_name: str, mesh: trimesh.Trimesh, parameters: dict) -> 
         "chair": "armrests" if parameters.get("armrests") else "no armrests",
         "table": "round" if parameters.get("round") else "four legs",
         "airplane": "engines" if parameters.get("engines") else "no engines",
-        "mug": "a handle",
+        "mug": "handle",
     }.get(class_name)
     return {**measures, "part": part}
 
@@ -496,6 +496,8 @@ def shape_phrase(attributes: dict, synonyms: dict | None = None, link: str = "wi
         extras.append(f"a {word(width)} shade" if attributes["shape"] == "lamp" else f"{word(width)} wings")
     if part.startswith("no "):
         extras.append(f"no {word(part[3:])}")
+    elif part == "handle":
+        extras.append(f"a {word(part)}")
     elif part and part != "round":
         extras.append(word(part))
     noun = " ".join([*adjectives, attributes["shape"]])
