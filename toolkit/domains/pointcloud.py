@@ -11,7 +11,10 @@ is an error naming the file, unless ``repeat_points=True`` allows padding it wit
 points (with replacement). Both draws are seeded by ``seed`` and the file's relative path, so they
 do not depend on the other files. Without ``data_dir``, a
 procedural set of five classes (airplane, chair, lamp, mug, table) built from trimesh primitives
-is generated on first use and cached as PLY meshes.
+is generated on first use and cached as PLY meshes; ``source="procedural_captioned"`` caches the
+same meshes in one folder with captions made from their drawn parameters ("a tall lamp with a wide
+shade"; ``captioned_procedural_dataset``). A ``data_dir`` holding ``metadata.jsonl`` or
+``metadata.csv`` is captioned (``toolkit.domains.captions``).
 
 Normalisation (published metrics depend on it), per ``normalization``:
 
@@ -365,66 +368,6 @@ def procedural_shape(class_name: str, index: int, seed: int = 0) -> trimesh.Trim
     return procedural_shape_and_parameters(class_name, index, seed)[0]
 
 
-def default_cache_dir() -> Path:
-    return Path.home() / ".cache" / "toolkit" / "pointcloud"
-
-
-def write_once(target: Path, fill: Callable[[Path], None]) -> Path:
-    """``target`` as ``fill(folder)`` writes it, unless it exists. It is written to a temporary folder
-    and renamed into place, so a half-written set is never seen, even with several processes at once."""
-    if target.is_dir():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=target.parent))
-    try:
-        fill(staging)
-        os.rename(staging, target)
-    except OSError:
-        if not target.is_dir():
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
-
-
-def procedural_folder(kind: str, shapes_per_class: int, seed: int, cache_dir: str | Path | None) -> Path:
-    if shapes_per_class < 1:
-        raise ValueError(f"shapes_per_class must be >= 1, got {shapes_per_class}")
-    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    return root / f"{kind}-v{PROCEDURAL_VERSION}-seed{seed}-n{shapes_per_class}"
-
-
-def procedural_dataset(shapes_per_class: int, seed: int = 0, cache_dir: str | Path | None = None) -> Path:
-    """The folder of the procedural set (one sub-folder of PLY meshes per class), generated on
-    first use (``write_once``)."""
-
-    def fill(staging: Path) -> None:
-        for class_name in PROCEDURAL_CLASSES:
-            (staging / class_name).mkdir()
-            for i in range(shapes_per_class):
-                procedural_shape(class_name, i, seed).export(staging / class_name / f"{i:04d}.ply")
-
-    return write_once(procedural_folder("procedural", shapes_per_class, seed, cache_dir), fill)
-
-
-def captioned_procedural_dataset(shapes_per_class: int, seed: int = 0, cache_dir: str | Path | None = None) -> Path:
-    """The folder of the captioned procedural set, generated on first use: the same meshes as
-    ``procedural_dataset``, all in one folder (``chair_0007.ply``: no class labels, the caption names
-    the shape), with ``metadata.jsonl`` (captions and attributes of the training shapes),
-    ``held_out.jsonl`` (the shapes of ``HELD_OUT_SHAPES``) and ``paraphrases.jsonl``."""
-
-    def fill(staging: Path) -> None:
-        for class_name in PROCEDURAL_CLASSES:
-            for i in range(shapes_per_class):
-                procedural_shape(class_name, i, seed).export(staging / f"{class_name}_{i:04d}.ply")
-        rows = procedural_captions(shapes_per_class, seed)
-        write_jsonl(staging / "metadata.jsonl", [row for row in rows if not row["held_out"]])
-        write_jsonl(staging / HELD_OUT_FILE, [row for row in rows if row["held_out"]])
-        write_jsonl(staging / PARAPHRASES_FILE, shape_paraphrases(rows))
-
-    return write_once(procedural_folder("procedural-captioned", shapes_per_class, seed, cache_dir), fill)
-
-
 # ----------------------------------------------------------------------------------------------
 # The captioned procedural set: captions from attributes measurable in a (normalised) cloud
 
@@ -550,6 +493,74 @@ def shape_paraphrases(rows: list[dict]) -> list[dict]:
         for template in SHAPE_PARAPHRASES:
             out.append({"text": template.format(shape=phrase), **attributes, "held_out": is_held_out(attributes)})
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The procedural sets on disk (cached)
+
+
+def default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "toolkit" / "pointcloud"
+
+
+def write_once(target: Path, fill: Callable[[Path], None]) -> Path:
+    """``target`` as ``fill(folder)`` writes it, unless it exists. It is written to a temporary folder
+    and renamed into place, so a half-written set is never seen, even with several processes at once."""
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=target.parent))
+    try:
+        fill(staging)
+        os.rename(staging, target)
+    except OSError:
+        if not target.is_dir():
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def procedural_folder(kind: str, shapes_per_class: int, seed: int, cache_dir: str | Path | None) -> Path:
+    """The cache folder of a procedural set: ``<kind>-v<version>-seed<seed>-n<shapes_per_class>``."""
+    if shapes_per_class < 1:
+        raise ValueError(f"shapes_per_class must be >= 1, got {shapes_per_class}")
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    return root / f"{kind}-v{PROCEDURAL_VERSION}-seed{seed}-n{shapes_per_class}"
+
+
+def procedural_dataset(shapes_per_class: int, seed: int = 0, cache_dir: str | Path | None = None) -> Path:
+    """The folder of the procedural set (one sub-folder of PLY meshes per class), generated on
+    first use (``write_once``)."""
+
+    def fill(staging: Path) -> None:
+        for class_name in PROCEDURAL_CLASSES:
+            (staging / class_name).mkdir()
+            for i in range(shapes_per_class):
+                procedural_shape(class_name, i, seed).export(staging / class_name / f"{i:04d}.ply")
+
+    return write_once(procedural_folder("procedural", shapes_per_class, seed, cache_dir), fill)
+
+
+def captioned_procedural_dataset(shapes_per_class: int, seed: int = 0, cache_dir: str | Path | None = None) -> Path:
+    """The folder of the captioned procedural set, generated on first use: the same meshes as
+    ``procedural_dataset``, all in one folder (``chair_0007.ply``: no class labels, the caption names
+    the shape), with ``metadata.jsonl`` (captions and attributes of the training shapes),
+    ``held_out.jsonl`` (the shapes of ``HELD_OUT_SHAPES``) and ``paraphrases.jsonl``."""
+
+    def fill(staging: Path) -> None:
+        for class_name in PROCEDURAL_CLASSES:
+            for i in range(shapes_per_class):
+                procedural_shape(class_name, i, seed).export(staging / f"{class_name}_{i:04d}.ply")
+        rows = procedural_captions(shapes_per_class, seed)
+        for name, held_out in (("metadata.jsonl", False), (HELD_OUT_FILE, True)):
+            write_jsonl(
+                staging / name,
+                [{k: v for k, v in r.items() if k != "held_out"} for r in rows if r["held_out"] == held_out],
+            )
+        write_jsonl(staging / PARAPHRASES_FILE, shape_paraphrases(rows))
+
+    return write_once(procedural_folder("procedural-captioned", shapes_per_class, seed, cache_dir), fill)
 
 
 # ----------------------------------------------------------------------------------------------
