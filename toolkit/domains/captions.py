@@ -89,17 +89,17 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
             file.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def read_rows(root: Path, path: Path, need_text: bool = True) -> dict[str, dict]:
+def read_rows(root: Path, path: Path) -> dict[str, dict]:
     """Checked rows of a metadata or held-out file of ``root``, by ``file_name``."""
     rows = read_csv(path) if path.suffix == ".csv" else read_jsonl(path)
     by_name: dict[str, dict] = {}
     lines: dict[str, int] = {}
     for number, row in rows:
         where = f"{path.name} line {number}"
-        for column in REQUIRED_COLUMNS if need_text else REQUIRED_COLUMNS[:1]:
+        for column in REQUIRED_COLUMNS:
             if column not in row:
                 raise ValueError(f"{where} has no {column!r}; every row needs file_name and text")
-        name, text = row["file_name"], row.get("text", "")
+        name, text = row["file_name"], row["text"]
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"{where}: file_name must be a non-empty path relative to {root}, got {name!r}")
         relative = PurePosixPath(name.strip().replace("\\", "/"))
@@ -114,7 +114,7 @@ def read_rows(root: Path, path: Path, need_text: bool = True) -> dict[str, dict]
             )
         if not isinstance(text, str):
             raise ValueError(f"{where}: text must be a string, got {text!r}")
-        if need_text and not text.strip():
+        if not text.strip():
             raise ValueError(
                 f"{where}: empty text for {name!r}; write a caption or remove the row and the file "
                 "(the empty prompt is reserved for the unconditional branch)"
