@@ -34,10 +34,12 @@ from torch import Tensor, nn
 
 from toolkit import viz
 from toolkit.domains.base import Domain
+from toolkit.domains.captions import captions_of, text_net_kwargs
 from toolkit.domains.data import (
     TensorDictDataModule,
     check_class_names,
     check_val_fraction,
+    keep_captioned,
     scan_class_folders,
     split_indices,
 )
@@ -107,6 +109,10 @@ class AudioDomain(Domain):
     `frames` is the STFT frame count `1 + samples // hop_length` rounded to a multiple of 8 (the
     UNet halves the resolution up to three times); the defaults give exactly 64. `net` is the
     Hydra config of the denoiser; `build_net` adds `in_channels=1` and `num_classes`.
+
+    A folder with a metadata file is captioned (``toolkit.domains.captions``) and needs `text_encoder`;
+    the shipped spoken digits carry captions (data/audio/make_captions.py) that are used only when
+    `text_encoder` is set, so that they serve label training as before.
     """
 
     name = "audio"
@@ -130,6 +136,7 @@ class AudioDomain(Domain):
         conditional: bool = True,
         class_names: list[str] | None = None,
         net: dict[str, Any] | DictConfig | None = None,
+        text_encoder: dict | None = None,
     ):
         f_max = sample_rate / 2 if f_max is None else float(f_max)
         if sample_rate <= 0 or clip_seconds <= 0:
@@ -153,6 +160,7 @@ class AudioDomain(Domain):
         self.val_fraction, self.split_seed = val_fraction, split_seed
         self.conditional = conditional
         self.net_cfg = net
+        self.text_encoder = None if text_encoder is None else dict(text_encoder)
 
         self.stft_frames = 1 + self.clip_samples // hop_length
         self.frames = FRAME_MULTIPLE * max(1, round(self.stft_frames / FRAME_MULTIPLE))
@@ -178,6 +186,7 @@ class AudioDomain(Domain):
         self.class_names = names if conditional else None
         self.num_classes = len(names) if conditional else 0
         self._examples: tuple[Tensor, Tensor] | None = None
+        self.captions: list[str] | None = None  # one per clip of `load_clips` when the folder is captioned
 
     def checkpoint_kwargs(self) -> dict:
         """The class names ([] when unconditional), so that a checkpoint samples without the data."""
@@ -239,12 +248,20 @@ class AudioDomain(Domain):
         when unconditional) all files directly in the folder."""
         return scan_class_folders(self.root, SUPPORTED_SUFFIXES, self.conditional, what="audio files")
 
+    def caption_map(self, files: list[Path]) -> dict[Path, str] | None:
+        """The caption of each of `files` to train on (held-out files left out); None when uncaptioned."""
+        shipped = self.root.resolve() == DEFAULT_ROOT.resolve()
+        return captions_of(self.root, files, self.text_encoder, self.name, "audio files", optional=shipped)
+
     def load_clips(self) -> tuple[Tensor, Tensor, list[Path]]:
-        """All usable clips `[N, samples]` with their labels and paths; silent clips are skipped
-        with a warning, and a class left without clips is an error."""
+        """All usable clips `[N, samples]` with their labels and paths (of a captioned folder, those
+        with captions); silent clips are skipped with a warning, and a class left without clips is
+        an error."""
         files, file_labels, names = self.find_files()
         if self.conditional and self.expected_class_names is not None:
             check_class_names(self.root, names, self.class_names)
+        captions = self.caption_map(files)
+        files, file_labels, _ = keep_captioned(files, file_labels, captions)
         waves, labels, paths = [], [], []
         for path, label in zip(files, file_labels, strict=True):
             wave = load_audio(path, self.sample_rate)
@@ -254,6 +271,7 @@ class AudioDomain(Domain):
             waves.append(fit_length(torch.from_numpy(wave), self.clip_samples))
             labels.append(label)
             paths.append(path)
+        self.captions = None if captions is None else [captions[path] for path in paths]
         labels = torch.tensor(labels, dtype=torch.long)
         empty = [names[i] for i in range(len(names)) if not (labels == i).any()]
         if empty:
@@ -274,16 +292,21 @@ class AudioDomain(Domain):
 
     def datamodule(self, batch_size: int, num_workers: int = 0, seed: int = 0) -> TensorDictDataModule:
         x, labels = self.examples()
+        tokens = None if self.captions is None else self.tokenize(self.captions)
 
         def rows(index: Tensor) -> dict[str, Tensor]:
-            return {"x": x[index], "label": labels[index]} if self.conditional else {"x": x[index]}
+            batch = {"x": x[index], "label": labels[index]} if self.conditional else {"x": x[index]}
+            if tokens is not None:
+                batch["tokens"] = tokens[index]
+            return batch
 
         train, val = self.split(labels)
         return TensorDictDataModule(rows(train), rows(val), batch_size, num_workers, seed)
 
     def build_net(self) -> nn.Module:
         sizes = {"n_mels": self.n_mels, "frames": self.frames}
-        return self.build_net_from(self.net_cfg, sizes, in_channels=1, num_classes=self.num_classes)
+        given = {"in_channels": 1, "num_classes": self.num_classes, **text_net_kwargs(self.text_encoder)}
+        return self.build_net_from(self.net_cfg, sizes, **given)
 
     # ----- output ----------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 # Notes and metadata that may sit next to data files; every other file that is not data is an error.
-NOTE_SUFFIXES = (".txt", ".md", ".json", ".csv", ".yaml", ".yml", "")
+NOTE_SUFFIXES = (".txt", ".md", ".json", ".jsonl", ".csv", ".yaml", ".yml", "")
 
 
 def scan_class_folders(
@@ -65,6 +65,15 @@ def scan_class_folders(
         files += class_files
         labels += [label] * len(class_files)
     return files, labels, [d.name for d in class_dirs]
+
+
+def keep_captioned(files: Sequence[Path], labels: Sequence[int], captions: dict[Path, str] | None):
+    """The files (and their labels) that have a caption, in order, with the captions; all of them and
+    no captions when ``captions`` is None (an uncaptioned folder)."""
+    if captions is None:
+        return list(files), list(labels), None
+    kept = [(file, label) for file, label in zip(files, labels, strict=True) if file in captions]
+    return [f for f, _ in kept], [label for _, label in kept], [captions[f] for f, _ in kept]
 
 
 def data_files(paths, suffixes: Sequence[str], ignored: Sequence[str]) -> list[Path]:

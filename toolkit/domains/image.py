@@ -1,4 +1,5 @@
-"""Images: scikit-learn's 8x8 digits (shipped with the library) or a folder of PNG/JPEG files.
+"""Images: scikit-learn's 8x8 digits (shipped with the library), the captioned digits shipped in
+data/images/captioned_digits, or a folder of PNG/JPEG files (captioned when it holds a metadata file).
 
 Model space is ``[-1, 1]`` with shape ``[channels, resolution, resolution]``. Besides the domain,
 this module holds the image edits (inpainting, outpainting, image-to-image) as small functions that
@@ -20,12 +21,22 @@ from torch import Tensor, nn
 
 from toolkit import viz
 from toolkit.domains.base import Domain
-from toolkit.domains.data import TensorDictDataModule, check_class_names, scan_class_folders, split_indices
+from toolkit.domains.captions import captions_of, text_net_kwargs
+from toolkit.domains.data import (
+    TensorDictDataModule,
+    check_class_names,
+    keep_captioned,
+    scan_class_folders,
+    split_indices,
+)
+from toolkit.resources import resource_dir
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L")
 COLOUR_MODES = ("RGB", "RGBA", "CMYK", "YCbCr")
 SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L")
+SOURCES = ("digits", "captioned_digits")
+CAPTIONED_DIGITS_ROOT = resource_dir("data") / "images" / "captioned_digits"
 
 
 def encode(images: Tensor) -> Tensor:
@@ -197,12 +208,14 @@ def warn_if_stretched(root: Path, sizes: Counter, resolution: int, shown: int = 
 class ImageDomain(Domain):
     """Grey or colour images of one square size.
 
-    ``source="digits"`` uses scikit-learn's digits (grey, 10 classes); ``root=<folder>`` uses the
-    PNG/JPEG files of a folder, labelled by class sub-folder when it has them. Images are stretched
-    to ``resolution x resolution``, with one warning (the counts of each size) when a folder's images
-    differ in size or are not square. ``class_names`` may be given to skip scanning the folder (e.g.
-    when sampling from a checkpoint on a machine without the data); it must match the folder when
-    data is loaded.
+    ``source="digits"`` uses scikit-learn's digits (grey, 10 classes); ``source="captioned_digits"`` the
+    same digits at 16x16 with captions (data/images/captioned_digits, needs ``text_encoder``);
+    ``root=<folder>`` uses the PNG/JPEG files of a folder, labelled by class sub-folder when it has them
+    and captioned when it holds a metadata file (``toolkit.domains.captions``; needs ``text_encoder``).
+    Images are stretched to ``resolution x resolution``, with one warning (the counts of each size)
+    when a folder's images differ in size or are not square. ``class_names`` may be given to skip
+    scanning the folder (e.g. when sampling from a checkpoint on a machine without the data); it must
+    match the folder when data is loaded.
     """
 
     name = "image"
@@ -218,9 +231,12 @@ class ImageDomain(Domain):
         conditional: bool = True,
         class_names: list[str] | None = None,
         net: dict | DictConfig | None = None,
+        text_encoder: dict | None = None,
     ):
-        if root is None and source != "digits":
-            raise ValueError(f"unknown image source {source!r}: use source=digits or set root=<image folder>")
+        if root is None and source not in SOURCES:
+            raise ValueError(f"unknown image source {source!r}: use one of {SOURCES} or set root=<image folder>")
+        if root is None and source == "captioned_digits":
+            root = str(CAPTIONED_DIGITS_ROOT)
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels}")
         if resolution < 8:
@@ -231,6 +247,7 @@ class ImageDomain(Domain):
         self.channels, self.resolution = channels, resolution
         self.val_fraction, self.split_seed = val_fraction, split_seed
         self.net_cfg = net
+        self.text_encoder = None if text_encoder is None else dict(text_encoder)
         self.sample_shape = (channels, resolution, resolution)
 
         if self.root is None:
@@ -244,6 +261,7 @@ class ImageDomain(Domain):
         self.num_classes = len(found_names) if self.conditional else 0
         self.expected_class_names = class_names
         self._data: tuple[Tensor, Tensor] | None = None
+        self.captions: list[str] | None = None  # one per image of ``load`` when the folder is captioned
 
     def checkpoint_kwargs(self) -> dict:
         """A folder's class names, so that a checkpoint samples without the folder at hand."""
@@ -288,10 +306,17 @@ class ImageDomain(Domain):
 
     def _read_all(self) -> tuple[Tensor, Tensor]:
         if self.root is None:
+            if self.text_encoder is not None:
+                raise ValueError(
+                    "text_encoder is set but scikit-learn's digits have no captions; use source=captioned_digits "
+                    "(e.g. experiment=image_prompts) or a captioned root"
+                )
             return load_digits_images(self.resolution)
         files, labels, names = scan_image_folder(self.root)
         if self.expected_class_names is not None:
             check_class_names(self.root, names, self.expected_class_names)
+        captions = captions_of(self.root, files, self.text_encoder, self.name, "PNG/JPEG images")
+        files, labels, self.captions = keep_captioned(files, labels, captions)
         images, sizes = [], Counter()
         for path in files:
             image = read_image_file(path, self.channels)
@@ -309,19 +334,23 @@ class ImageDomain(Domain):
 
     def datamodule(self, batch_size: int, num_workers: int = 0, seed: int = 0) -> TensorDictDataModule:
         images, labels = self.load()
+        tokens = None if self.captions is None else self.tokenize(self.captions)
         train_index, val_index = split_indices(len(images), self.val_fraction, self.split_seed)
 
         def rows(index: Tensor) -> dict[str, Tensor]:
             batch = {"x": encode(images[index])}
             if self.conditional:
                 batch["label"] = labels[index]
+            if tokens is not None:
+                batch["tokens"] = tokens[index]
             return batch
 
         return TensorDictDataModule(rows(train_index), rows(val_index), batch_size, num_workers, seed)
 
     def build_net(self) -> nn.Module:
         sizes = {"resolution": self.resolution}
-        return self.build_net_from(self.net_cfg, sizes, in_channels=self.channels, num_classes=self.num_classes)
+        given = {"in_channels": self.channels, "num_classes": self.num_classes, **text_net_kwargs(self.text_encoder)}
+        return self.build_net_from(self.net_cfg, sizes, **given)
 
     @property
     def picture_scale(self) -> int:

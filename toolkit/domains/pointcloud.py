@@ -11,7 +11,10 @@ is an error naming the file, unless ``repeat_points=True`` allows padding it wit
 points (with replacement). Both draws are seeded by ``seed`` and the file's relative path, so they
 do not depend on the other files. Without ``data_dir``, a
 procedural set of five classes (airplane, chair, lamp, mug, table) built from trimesh primitives
-is generated on first use and cached as PLY meshes.
+is generated on first use and cached as PLY meshes; ``source="procedural_captioned"`` caches the
+same meshes in one folder with captions made from their drawn parameters ("a tall lamp with a wide
+shade"; ``captioned_procedural_dataset``). A ``data_dir`` holding ``metadata.jsonl`` or
+``metadata.csv`` is captioned (``toolkit.domains.captions``).
 
 Normalisation (published metrics depend on it), per ``normalization``:
 
@@ -45,11 +48,13 @@ from torch import Tensor, nn
 
 from toolkit import viz
 from toolkit.domains.base import Domain
+from toolkit.domains.captions import HELD_OUT_FILE, PARAPHRASES_FILE, captions_of, text_net_kwargs, write_jsonl
 from toolkit.domains.data import (
     NOTE_SUFFIXES,
     TensorDictDataModule,
     check_class_names,
     check_val_fraction,
+    keep_captioned,
     scan_class_folders,
     split_indices,
 )
@@ -58,6 +63,7 @@ SUPPORTED_FORMATS = (".obj", ".ply", ".stl", ".off", ".glb")
 COMPANION_FILES = (".mtl", ".png", ".jpg", ".jpeg", ".bmp", ".tga", ".tif", ".tiff", *NOTE_SUFFIXES)
 NORMALIZATIONS = ("unit_sphere", "bbox", "global")
 PROCEDURAL_VERSION = 1
+PROCEDURAL_SOURCES = ("procedural", "procedural_captioned")
 RENDER_SIZE = 128
 STRIP_RENDER_SIZE = 96
 DEFAULT_NET = {"_target_": "toolkit.nets.point_transformer.PointTransformer"}
@@ -219,12 +225,12 @@ def _cylinder(radius: float, height: float, centre, axis=(0, 0, 1), sections: in
     return trimesh.creation.cylinder(radius=radius, height=height, sections=sections, transform=transform)
 
 
-def _chair(rng: np.random.Generator) -> list[trimesh.Trimesh]:
+def _chair(rng: np.random.Generator) -> tuple[list[trimesh.Trimesh], dict]:
     width, depth = rng.uniform(0.8, 1.2), rng.uniform(0.8, 1.1)
     seat_height, seat_thickness = rng.uniform(0.8, 1.1), rng.uniform(0.06, 0.14)
     leg, back_height = rng.uniform(0.05, 0.11), rng.uniform(0.7, 1.4)
     parts = [_box([width, depth, seat_thickness], [0, 0, seat_height])]
-    round_legs = rng.random() < 0.5
+    round_legs = bool(rng.random() < 0.5)
     for sx in (-1, 1):
         for sy in (-1, 1):
             centre = [sx * (width / 2 - leg), sy * (depth / 2 - leg), seat_height / 2]
@@ -233,7 +239,8 @@ def _chair(rng: np.random.Generator) -> list[trimesh.Trimesh]:
             )
     back_centre = [0, depth / 2 - seat_thickness / 2, seat_height + back_height / 2]
     parts.append(_box([width, seat_thickness, back_height], back_centre))
-    if rng.random() < 0.4:
+    armrests = bool(rng.random() < 0.4)
+    if armrests:
         arm_height = rng.uniform(0.2, 0.35)
         for sx in (-1, 1):
             parts.append(_box([leg, depth, leg], [sx * (width / 2 - leg / 2), 0, seat_height + arm_height]))
@@ -243,29 +250,32 @@ def _chair(rng: np.random.Generator) -> list[trimesh.Trimesh]:
                     [sx * (width / 2 - leg / 2), -depth / 2 + leg, seat_height + arm_height / 2],
                 )
             )
-    return parts
+    drawn = dict(width=width, depth=depth, seat_height=seat_height, back_height=back_height, leg=leg)
+    return parts, {**drawn, "round_legs": round_legs, "armrests": armrests}
 
 
-def _table(rng: np.random.Generator) -> list[trimesh.Trimesh]:
+def _table(rng: np.random.Generator) -> tuple[list[trimesh.Trimesh], dict]:
     height, top_thickness = rng.uniform(0.9, 1.3), rng.uniform(0.05, 0.12)
     top_z = height - top_thickness / 2
     if rng.random() < 0.4:
         radius = rng.uniform(0.6, 1.0)
         pole = rng.uniform(0.06, 0.12)
-        return [
+        foot = rng.uniform(0.3, 0.6) * radius
+        parts = [
             _cylinder(radius, top_thickness, [0, 0, top_z], sections=32),
             _cylinder(pole, height, [0, 0, height / 2]),
-            _cylinder(rng.uniform(0.3, 0.6) * radius, 0.06, [0, 0, 0.03], sections=32),
+            _cylinder(foot, 0.06, [0, 0, 0.03], sections=32),
         ]
+        return parts, dict(height=height, top_thickness=top_thickness, round=True, radius=radius, pole=pole)
     width, depth, leg = rng.uniform(1.4, 2.4), rng.uniform(0.8, 1.3), rng.uniform(0.06, 0.12)
     parts = [_box([width, depth, top_thickness], [0, 0, top_z])]
     for sx in (-1, 1):
         for sy in (-1, 1):
             parts.append(_box([leg, leg, height], [sx * (width / 2 - leg), sy * (depth / 2 - leg), height / 2]))
-    return parts
+    return parts, dict(height=height, top_thickness=top_thickness, round=False, width=width, depth=depth, leg=leg)
 
 
-def _lamp(rng: np.random.Generator) -> list[trimesh.Trimesh]:
+def _lamp(rng: np.random.Generator) -> tuple[list[trimesh.Trimesh], dict]:
     base_radius, base_height = rng.uniform(0.25, 0.45), rng.uniform(0.05, 0.12)
     pole_height, pole_radius = rng.uniform(1.0, 2.0), rng.uniform(0.02, 0.05)
     shade_radius, shade_height = rng.uniform(0.3, 0.6), rng.uniform(0.3, 0.6)
@@ -274,7 +284,8 @@ def _lamp(rng: np.random.Generator) -> list[trimesh.Trimesh]:
         _cylinder(base_radius, base_height, [0, 0, base_height / 2], sections=32),
         _cylinder(pole_radius, pole_height, [0, 0, base_height + pole_height / 2]),
     ]
-    if rng.random() < 0.5:
+    cone_shade = bool(rng.random() < 0.5)
+    if cone_shade:
         cone = trimesh.creation.cone(radius=shade_radius, height=shade_height * 1.6, sections=32)
         cone.apply_translation([0, 0, top - shade_height / 2])
         parts.append(cone)
@@ -285,10 +296,11 @@ def _lamp(rng: np.random.Generator) -> list[trimesh.Trimesh]:
         shade.apply_translation([0, 0, top])
         parts.append(shade)
     parts.append(trimesh.creation.icosphere(subdivisions=1, radius=pole_radius * 2.5).apply_translation([0, 0, top]))
-    return parts
+    drawn = dict(base_radius=base_radius, base_height=base_height, pole_height=pole_height, pole_radius=pole_radius)
+    return parts, {**drawn, "shade_radius": shade_radius, "shade_height": shade_height, "cone_shade": cone_shade}
 
 
-def _mug(rng: np.random.Generator) -> list[trimesh.Trimesh]:
+def _mug(rng: np.random.Generator) -> tuple[list[trimesh.Trimesh], dict]:
     radius, height = rng.uniform(0.4, 0.6), rng.uniform(0.7, 1.2)
     wall = rng.uniform(0.04, 0.08)
     body = trimesh.creation.annulus(r_min=radius - wall, r_max=radius, height=height, sections=40)
@@ -300,10 +312,11 @@ def _mug(rng: np.random.Generator) -> list[trimesh.Trimesh]:
     )
     handle.apply_transform(trimesh.transformations.rotation_matrix(np.pi / 2, [1, 0, 0]))
     handle.apply_translation([radius, 0, height * rng.uniform(0.45, 0.6)])
-    return [body, bottom, handle]
+    drawn = dict(radius=radius, height=height, wall=wall, handle_radius=handle_radius)
+    return [body, bottom, handle], {**drawn, "handle_thickness": handle_thickness}
 
 
-def _airplane(rng: np.random.Generator) -> list[trimesh.Trimesh]:
+def _airplane(rng: np.random.Generator) -> tuple[list[trimesh.Trimesh], dict]:
     length, body_radius = rng.uniform(2.5, 3.5), rng.uniform(0.14, 0.24)
     span, chord, sweep = rng.uniform(2.4, 3.8), rng.uniform(0.4, 0.7), rng.uniform(0.0, 0.5)
     fuselage = trimesh.creation.capsule(height=length - 2 * body_radius, radius=body_radius, count=[16, 16])
@@ -319,14 +332,17 @@ def _airplane(rng: np.random.Generator) -> list[trimesh.Trimesh]:
     parts.append(_box([chord * 0.6, tail_span, 0.04], [tail_x, 0, 0]))
     fin_height = rng.uniform(0.35, 0.6)
     parts.append(_box([chord * 0.7, 0.04, fin_height], [tail_x, 0, fin_height / 2 + body_radius * 0.5]))
-    if rng.random() < 0.6:
+    engines = bool(rng.random() < 0.6)
+    if engines:
         for side in (-1, 1):
             offset = rng.uniform(0.25, 0.4) * span
             parts.append(_cylinder(0.09, 0.5, [wing_x - sweep * offset + 0.15, side * offset, -0.12], axis=(1, 0, 0)))
-    return parts
+    drawn = dict(length=length, body_radius=body_radius, span=span, chord=chord, sweep=sweep, fin_height=fin_height)
+    return parts, {**drawn, "engines": engines}
 
 
-PROCEDURAL_BUILDERS: dict[str, Callable[[np.random.Generator], list[trimesh.Trimesh]]] = {
+# Each builder draws a shape's parameters from ``rng`` and returns its parts and the parameters drawn.
+PROCEDURAL_BUILDERS: dict[str, Callable[[np.random.Generator], tuple[list[trimesh.Trimesh], dict]]] = {
     "airplane": _airplane,
     "chair": _chair,
     "lamp": _lamp,
@@ -335,37 +351,167 @@ PROCEDURAL_BUILDERS: dict[str, Callable[[np.random.Generator], list[trimesh.Trim
 }
 
 
-def procedural_shape(class_name: str, index: int, seed: int = 0) -> trimesh.Trimesh:
-    """Shape ``index`` of a procedural class, y-up; the same (class, index, seed) gives the same mesh."""
+def procedural_shape_and_parameters(class_name: str, index: int, seed: int = 0) -> tuple[trimesh.Trimesh, dict]:
+    """Shape ``index`` of a procedural class, y-up, with the parameters its builder drew; the same
+    (class, index, seed) gives the same mesh."""
     if class_name not in PROCEDURAL_BUILDERS:
         raise ValueError(f"unknown procedural class {class_name!r}; choose one of {PROCEDURAL_CLASSES}")
     rng = np.random.default_rng([seed, PROCEDURAL_CLASSES.index(class_name), index])
-    mesh = trimesh.util.concatenate(PROCEDURAL_BUILDERS[class_name](rng))
+    parts, parameters = PROCEDURAL_BUILDERS[class_name](rng)
+    mesh = trimesh.util.concatenate(parts)
     mesh.apply_transform(Z_UP_TO_Y_UP)
-    return mesh
+    return mesh, parameters
+
+
+def procedural_shape(class_name: str, index: int, seed: int = 0) -> trimesh.Trimesh:
+    """Shape ``index`` of a procedural class, y-up; the same (class, index, seed) gives the same mesh."""
+    return procedural_shape_and_parameters(class_name, index, seed)[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# The captioned procedural set: captions from attributes measurable in a (normalised) cloud
+
+# Per class, the attributes a caption may name; ``height`` and ``width`` are the classes' proportions
+# split at their terciles within the set (the middle third unmentioned), ``part`` a drawn part.
+#   height: bounding-box height over the larger horizontal side (chair, lamp, mug, table)
+#   width:  lamp shade diameter over the lamp's height; airplane wing span over its length
+#   part:   chair armrests or none, table round (one pole) or four legs, airplane engines or none, mug handle
+CAPTION_WORDS = {"height": ("short", "tall"), "width": ("narrow", "wide")}
+# Attribute combinations kept out of training (listed in held_out.jsonl): each value is seen in
+# training, only not together.
+HELD_OUT_SHAPES = (
+    {"shape": "chair", "height": "tall", "part": "armrests"},
+    {"shape": "table", "height": "short", "part": "round"},
+    {"shape": "lamp", "height": "tall", "width": "wide"},
+    {"shape": "airplane", "width": "wide", "part": "no engines"},
+)
+SHAPE_TEMPLATES = ("{shape}", "a 3d model of {shape}", "a point cloud of {shape}")
+# Wordings kept out of the captions (paraphrases.jsonl): other words for every attribute.
+SHAPE_PARAPHRASES = ("{shape}", "a shape of {shape}")
+SYNONYMS = {
+    "tall": "high",
+    "short": "low",
+    "wide": "broad",
+    "narrow": "slender",
+    "round": "circular",
+    "armrests": "arms",
+    "engines": "jet engines",
+    "four legs": "four supports",
+    "handle": "grip",
+}
+PARAPHRASE_LINK = "that has"
+
+
+def shape_measures(class_name: str, mesh: trimesh.Trimesh, parameters: dict) -> dict:
+    """The proportions (``height``, ``width``; absent where a class has none) and ``part`` of one shape."""
+    x, y, z = mesh.extents
+    measures = {} if class_name == "airplane" else {"height": y / max(x, z)}
+    if class_name == "lamp":
+        measures["width"] = 2 * parameters["shade_radius"] / y
+    if class_name == "airplane":
+        measures["width"] = parameters["span"] / parameters["length"]
+    part = {
+        "chair": "armrests" if parameters.get("armrests") else "no armrests",
+        "table": "round" if parameters.get("round") else "four legs",
+        "airplane": "engines" if parameters.get("engines") else "no engines",
+        "mug": "handle",
+    }.get(class_name)
+    return {**measures, "part": part}
+
+
+def tercile_words(values: np.ndarray, words: tuple[str, str]) -> list[str]:
+    """``words[0]`` for the lowest third of ``values``, ``words[1]`` for the highest, "" between."""
+    low, high = np.quantile(values, [1 / 3, 2 / 3])
+    return [words[0] if v < low else words[1] if v > high else "" for v in values]
+
+
+def shape_phrase(attributes: dict, synonyms: dict | None = None, link: str = "with") -> str:
+    """``a tall lamp with a wide shade``: a noun phrase naming a shape's attributes."""
+    synonyms = synonyms or {}
+    word = lambda w: synonyms.get(w, w)  # noqa: E731
+    adjectives = [word(attributes["height"])] if attributes.get("height") else []
+    extras = []
+    part = attributes.get("part") or ""
+    if part == "round":
+        adjectives.append(word(part))
+    width = attributes.get("width")
+    if width:
+        extras.append(f"a {word(width)} shade" if attributes["shape"] == "lamp" else f"{word(width)} wings")
+    if part.startswith("no "):
+        extras.append(f"no {word(part[3:])}")
+    elif part == "handle":
+        extras.append(f"a {word(part)}")
+    elif part and part != "round":
+        extras.append(word(part))
+    noun = " ".join([*adjectives, attributes["shape"]])
+    article = "an" if noun[0] in "aeiou" else "a"
+    return f"{article} {noun}" + (f" {link} {' and '.join(extras)}" if extras else "")
+
+
+def is_held_out(attributes: dict, combinations=HELD_OUT_SHAPES) -> bool:
+    return any(all(attributes.get(k) == v for k, v in combination.items()) for combination in combinations)
+
+
+def procedural_captions(shapes_per_class: int, seed: int = 0) -> list[dict]:
+    """One row per shape of the procedural set (``file_name``, ``text``, ``shape``, ``height``,
+    ``width``, ``part``, ``held_out``), captions rotating through ``SHAPE_TEMPLATES``."""
+    rows = []
+    for class_index, class_name in enumerate(PROCEDURAL_CLASSES):
+        measures = [
+            shape_measures(class_name, *procedural_shape_and_parameters(class_name, i, seed))
+            for i in range(shapes_per_class)
+        ]
+        words = {
+            key: tercile_words(np.array([m[key] for m in measures]), CAPTION_WORDS[key])
+            for key in CAPTION_WORDS
+            if key in measures[0]
+        }
+        for i, measure in enumerate(measures):
+            attributes = {"shape": class_name, "height": "", "width": "", "part": measure["part"] or ""}
+            attributes.update({key: values[i] for key, values in words.items()})
+            template = SHAPE_TEMPLATES[(class_index + i) % len(SHAPE_TEMPLATES)]
+            text = template.format(shape=shape_phrase(attributes))
+            rows.append(
+                {
+                    "file_name": f"{class_name}_{i:04d}.ply",
+                    "text": text,
+                    **attributes,
+                    "held_out": is_held_out(attributes),
+                }
+            )
+    return rows
+
+
+def shape_paraphrases(rows: list[dict]) -> list[dict]:
+    """Every attribute combination of ``rows`` in the wordings kept out of the captions."""
+    keys = ("shape", "height", "width", "part")
+    combinations = sorted({tuple(row[k] for k in keys) for row in rows})
+    out = []
+    for combination in combinations:
+        attributes = dict(zip(keys, combination, strict=True))
+        phrase = shape_phrase(attributes, SYNONYMS, PARAPHRASE_LINK)
+        for template in SHAPE_PARAPHRASES:
+            out.append({"text": template.format(shape=phrase), **attributes, "held_out": is_held_out(attributes)})
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The procedural sets on disk (cached)
 
 
 def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "toolkit" / "pointcloud"
 
 
-def procedural_dataset(shapes_per_class: int, seed: int = 0, cache_dir: str | Path | None = None) -> Path:
-    """The folder of the procedural set (one sub-folder of PLY meshes per class), generated on
-    first use. It is written to a temporary folder and renamed into place, so a half-written set
-    is never seen, even with several processes at once."""
-    if shapes_per_class < 1:
-        raise ValueError(f"shapes_per_class must be >= 1, got {shapes_per_class}")
-    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    target = root / f"procedural-v{PROCEDURAL_VERSION}-seed{seed}-n{shapes_per_class}"
+def write_once(target: Path, fill: Callable[[Path], None]) -> Path:
+    """``target`` as ``fill(folder)`` writes it, unless it exists. It is written to a temporary folder
+    and renamed into place, so a half-written set is never seen, even with several processes at once."""
     if target.is_dir():
         return target
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=root))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=target.parent))
     try:
-        for class_name in PROCEDURAL_CLASSES:
-            (staging / class_name).mkdir()
-            for i in range(shapes_per_class):
-                procedural_shape(class_name, i, seed).export(staging / class_name / f"{i:04d}.ply")
+        fill(staging)
         os.rename(staging, target)
     except OSError:
         if not target.is_dir():
@@ -373,6 +519,48 @@ def procedural_dataset(shapes_per_class: int, seed: int = 0, cache_dir: str | Pa
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def procedural_folder(kind: str, shapes_per_class: int, seed: int, cache_dir: str | Path | None) -> Path:
+    """The cache folder of a procedural set: ``<kind>-v<version>-seed<seed>-n<shapes_per_class>``."""
+    if shapes_per_class < 1:
+        raise ValueError(f"shapes_per_class must be >= 1, got {shapes_per_class}")
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    return root / f"{kind}-v{PROCEDURAL_VERSION}-seed{seed}-n{shapes_per_class}"
+
+
+def procedural_dataset(shapes_per_class: int, seed: int = 0, cache_dir: str | Path | None = None) -> Path:
+    """The folder of the procedural set (one sub-folder of PLY meshes per class), generated on
+    first use (``write_once``)."""
+
+    def fill(staging: Path) -> None:
+        for class_name in PROCEDURAL_CLASSES:
+            (staging / class_name).mkdir()
+            for i in range(shapes_per_class):
+                procedural_shape(class_name, i, seed).export(staging / class_name / f"{i:04d}.ply")
+
+    return write_once(procedural_folder("procedural", shapes_per_class, seed, cache_dir), fill)
+
+
+def captioned_procedural_dataset(shapes_per_class: int, seed: int = 0, cache_dir: str | Path | None = None) -> Path:
+    """The folder of the captioned procedural set, generated on first use: the same meshes as
+    ``procedural_dataset``, all in one folder (``chair_0007.ply``: no class labels, the caption names
+    the shape), with ``metadata.jsonl`` (captions and attributes of the training shapes),
+    ``held_out.jsonl`` (the shapes of ``HELD_OUT_SHAPES``) and ``paraphrases.jsonl``."""
+
+    def fill(staging: Path) -> None:
+        for class_name in PROCEDURAL_CLASSES:
+            for i in range(shapes_per_class):
+                procedural_shape(class_name, i, seed).export(staging / f"{class_name}_{i:04d}.ply")
+        rows = procedural_captions(shapes_per_class, seed)
+        for name, held_out in (("metadata.jsonl", False), (HELD_OUT_FILE, True)):
+            write_jsonl(
+                staging / name,
+                [{k: v for k, v in r.items() if k != "held_out"} for r in rows if r["held_out"] == held_out],
+            )
+        write_jsonl(staging / PARAPHRASES_FILE, shape_paraphrases(rows))
+
+    return write_once(procedural_folder("procedural-captioned", shapes_per_class, seed, cache_dir), fill)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -433,10 +621,12 @@ def render_cloud(points: np.ndarray, size: int = RENDER_SIZE, extent: float = 1.
 
 @dataclass
 class PointSet:
-    """Normalised clouds [n, N, 3] with their labels [n] (all 0 for an unlabelled set)."""
+    """Normalised clouds [n, N, 3] with their labels [n] (all 0 for an unlabelled set) and, for a
+    captioned set, their captions."""
 
     points: Tensor
     labels: Tensor
+    captions: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.points)
@@ -454,6 +644,11 @@ class PointCloudDomain(Domain):
     chosen by ``seed``; ``shapes_per_class`` and ``cache_dir`` concern the procedural set only.
     ``repeat_points=True`` pads PLY point clouds with fewer than ``num_points`` points by repeating
     some (otherwise they are an error).
+
+    Without ``data_dir``, ``source`` picks the procedural set: ``procedural`` (class labels) or
+    ``procedural_captioned`` (one unlabelled folder with captions such as "a tall lamp with a wide
+    shade", see ``captioned_procedural_dataset``). A ``data_dir`` with a metadata file is captioned
+    (``toolkit.domains.captions``); captioned data needs ``text_encoder`` and ``text_encoder`` needs it.
 
     ``class_names`` and ``global_frame`` (``{"centre": [x, y, z], "scale": s}``) are normally found
     from the data; checkpoints store them (``checkpoint_kwargs``) so that the domain rebuilds, and
@@ -475,7 +670,13 @@ class PointCloudDomain(Domain):
         global_frame: dict | None = None,
         net: dict | None = None,
         repeat_points: bool = False,
+        source: str = "procedural",
+        text_encoder: dict | None = None,
     ):
+        if source not in PROCEDURAL_SOURCES:
+            raise ValueError(
+                f"unknown point-cloud source {source!r}; choose one of {PROCEDURAL_SOURCES} or set data_dir"
+            )
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"unknown normalization {normalization!r}; choose one of {NORMALIZATIONS}")
         if num_points < 1:
@@ -484,13 +685,14 @@ class PointCloudDomain(Domain):
         self.data_dir = Path(data_dir).expanduser() if data_dir else None
         self.num_points, self.normalization, self.val_fraction = num_points, normalization, val_fraction
         self.shapes_per_class, self.cache_dir, self.seed = shapes_per_class, cache_dir, seed
-        self.repeat_points = repeat_points
+        self.repeat_points, self.source = repeat_points, source
+        self.text_encoder = None if text_encoder is None else dict(text_encoder)
         self.net_cfg = DEFAULT_NET if net is None else net
         self.sample_shape = (num_points, 3)
         if class_names is not None:
             self.class_names = list(class_names) or None
         elif self.data_dir is None:
-            self.class_names = list(PROCEDURAL_CLASSES)
+            self.class_names = list(PROCEDURAL_CLASSES) if source == "procedural" else None
         else:
             self.class_names, _ = list_shape_files(self.data_dir)
         self.num_classes = len(self.class_names) if self.class_names else 0
@@ -519,7 +721,8 @@ class PointCloudDomain(Domain):
         """The folder the shapes are read from (generating the procedural set if needed)."""
         if self.data_dir is not None:
             return self.data_dir
-        return procedural_dataset(self.shapes_per_class, self.seed, self.cache_dir)
+        make = procedural_dataset if self.source == "procedural" else captioned_procedural_dataset
+        return make(self.shapes_per_class, self.seed, self.cache_dir)
 
     def split(self, name: str) -> PointSet:
         """The normalised ``train`` or ``val`` set (read and sampled once, then kept in memory)."""
@@ -533,6 +736,10 @@ class PointCloudDomain(Domain):
         root = self.source_dir()
         found_classes, files = list_shape_files(root)
         check_class_names(root, found_classes, self.class_names)
+        paths, file_labels = [f for f, _ in files], [label for _, label in files]
+        captions = captions_of(root, paths, self.text_encoder, self.name, "shape files")
+        paths, file_labels, texts = keep_captioned(paths, file_labels, captions)
+        files = list(zip(paths, file_labels, strict=True))
         raw = np.stack(
             [
                 read_points(
@@ -552,16 +759,24 @@ class PointCloudDomain(Domain):
         else:
             normalised = normalize_shapes(raw, self.normalization)
         points = torch.from_numpy(normalised.astype(np.float32))
-        return {"train": PointSet(points[train], labels[train]), "val": PointSet(points[val], labels[val])}
+
+        def subset(index: Tensor) -> PointSet:
+            captions = None if texts is None else [texts[i] for i in index.tolist()]
+            return PointSet(points[index], labels[index], captions)
+
+        return {"train": subset(train), "val": subset(val)}
 
     def datamodule(self, batch_size: int, num_workers: int = 0, seed: int = 0) -> TensorDictDataModule:
         def rows(split: PointSet) -> dict[str, Tensor]:
-            return {"x": split.points, "label": split.labels} if self.num_classes else {"x": split.points}
+            batch = {"x": split.points, "label": split.labels} if self.num_classes else {"x": split.points}
+            if split.captions is not None:
+                batch["tokens"] = self.tokenize(split.captions)
+            return batch
 
         return TensorDictDataModule(rows(self.split("train")), rows(self.split("val")), batch_size, num_workers, seed)
 
     def build_net(self) -> nn.Module:
-        return self.build_net_from(self.net_cfg, num_classes=self.num_classes)
+        return self.build_net_from(self.net_cfg, num_classes=self.num_classes, **text_net_kwargs(self.text_encoder))
 
     # -- output -----------------------------------------------------------------------------
 
