@@ -13,31 +13,16 @@ from omegaconf import OmegaConf
 
 from toolkit import sample
 from toolkit.core import sampler
-from toolkit.domains.image import ImageDomain
 from toolkit.module import DiffusionModule, load_module, read_checkpoint, save_module
 from toolkit.text import PAD
 
-WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-TEXT = "{kind: learned, max_tokens: 16, dim: 32, layers: 1, heads: 2, dropout: 0.0}"
-
-
-class PromptDigits(ImageDomain):
-    """The digits captioned by their class ("a seven"): a stand-in for a captioned folder, with the
-    text encoder handed to the net as a captioned domain does."""
-
-    def __init__(self, text_encoder: dict | None = None, **kwargs):
-        super().__init__(**kwargs)
-        self.text_encoder = text_encoder
-        self.net_cfg = {**self.net_cfg, "text_encoder": text_encoder}
-
-    def training_batch(self, batch, generator=None):
-        tokens = self.tokenize([f"a {WORDS[int(label)]}" for label in batch["label"]])
-        return super().training_batch({**batch, "tokens": tokens}, generator)
+TEXT = "{kind: learned, max_tokens: 64, dim: 32, layers: 1, heads: 2, dropout: 0.0}"
 
 
 def prompt_module(*overrides, text=TEXT) -> DiffusionModule:
+    """A tiny text-conditioned model of the shipped captioned digits ("a bold seven leaning right")."""
     config = tiny_image_config(
-        "domain._target_=test_prompt_sampling.PromptDigits",
+        "domain.source=captioned_digits",
         "domain.conditional=false",
         f"+domain.text_encoder={text}",
         *overrides,
@@ -110,8 +95,8 @@ def test_same_seed_and_prompt_same_bits_and_prompts_matter(module):
 def test_prompt_errors_are_clear(module):
     with pytest.raises(ValueError, match="one per sample: 3 samples but 2 prompts"):
         module.generate(3, steps=1, prompt=["a one", "a two"])
-    with pytest.raises(ValueError, match="max_tokens=16"):
-        module.generate(1, steps=1, prompt="a seven leaning right with a very bold stroke")
+    with pytest.raises(ValueError, match="max_tokens=64"):
+        module.generate(1, steps=1, prompt="a seven leaning right with a very bold stroke, drawn by a careful hand")
     with pytest.raises(ValueError, match="only acts through guidance"):
         module.generate(2, steps=1, guidance=1.0, prompt="a one", negative_prompt="a two")
     plain = DiffusionModule(OmegaConf.to_container(tiny_image_config(), resolve=True))
@@ -153,8 +138,7 @@ def test_previews_cycle_through_the_configured_prompts(tmp_path):
 
 def test_a_few_training_steps_on_tokens_reduce_the_loss():
     module = prompt_module()
-    images, labels = module.domain.load()
-    batch = {"x": module.domain.encode(images[:32]), "label": labels[:32]}
+    batch = {k: v[:32] for k, v in module.domain.datamodule(batch_size=32).train_set.tensors.items()}
     encoder_before = {k: v.clone() for k, v in module.net.text_encoder.state_dict().items()}
     optimizer = torch.optim.AdamW(module.net.parameters(), lr=3e-3)
     generator = torch.Generator().manual_seed(0)
@@ -258,9 +242,9 @@ def test_sample_cli_prompt_errors(checkpoint, tmp_path, capsys):
 def test_lightning_training_with_ema_writes_checkpoints_that_load_and_resume(tmp_path):
     from toolkit.train import train
 
-    text = "{kind: wordllama, max_tokens: 8, dim: 32, layers: 1, heads: 2}"
+    text = "{kind: wordllama, max_tokens: 32, dim: 32, layers: 1, heads: 2}"
     overrides = [
-        "domain._target_=test_prompt_sampling.PromptDigits",
+        "domain.source=captioned_digits",
         "domain.conditional=true",  # labels and captions together
         f"+domain.text_encoder={text}",
         "+preview.prompts=[a seven, a one]",
