@@ -123,8 +123,7 @@ class DiffusionModule(L.LightningModule):
         if self.trainer.sanity_checking or not self.trainer.is_global_zero:
             return
         n = self.config.get("preview", {}).get("n", 16)
-        prompts = self.config.get("preview", {}).get("prompts")
-        out = self.generate(n, seed=0, prompt=[prompts[i % len(prompts)] for i in range(n)] if prompts else None)
+        out = self.generate(n, seed=0, prompt=cycled(self.config.get("preview", {}).get("prompts"), n))
         self.preview_samples = out["x"]  # scored for copies by callbacks.PreviewCopies
         path = Path(self.trainer.default_root_dir) / "previews" / f"step_{self.global_step:06d}.png"
         self.domain.preview(out["x"], path, out["labels"])
@@ -292,6 +291,12 @@ class DiffusionModule(L.LightningModule):
         if len(prompts) != n:
             raise ValueError(f"{key} must be one string or one per sample: {n} samples but {len(prompts)} prompts")
         return prompts
+
+
+def cycled(prompts: list[str] | None, n: int) -> list[str] | None:
+    """``n`` prompts taken from ``prompts`` in turn (previews and final samples of a captioned model);
+    None without prompts."""
+    return [prompts[i % len(prompts)] for i in range(n)] if prompts else None
 
 
 # Sampler inputs that may broadcast over the batch (e.g. one mask for all samples).

@@ -284,10 +284,10 @@ def run(args: dict) -> list[Path]:
         **extra,
     )
 
-    with_prompts = {} if result["prompts"] is None else {"prompts": result["prompts"]}  # not every save takes them
-
     def write(folder: Path) -> list[Path]:
-        return domain.save(result["x"], folder, result["labels"], result["seeds"], result["trajectory"], **with_prompts)
+        return domain.save(
+            result["x"], folder, result["labels"], result["seeds"], result["trajectory"], prompts=result["prompts"]
+        )
 
     return write_atomically(out, args["overwrite"], write)
 

@@ -35,7 +35,7 @@ from toolkit import cli
 from toolkit.callbacks import copy_report, trainer_arguments, training_callbacks
 from toolkit.config import CONF_DIR, compose_config  # noqa: F401 (compose_config: its old home, still imported)
 from toolkit.files import atomic_path, write_text_atomic
-from toolkit.module import DiffusionModule, read_checkpoint
+from toolkit.module import DiffusionModule, cycled, read_checkpoint
 
 RUN_DIR_ENV = "TOOLKIT_RUN_DIR"  # "<pid>:<folder>" of rank 0, inherited by the DDP processes Lightning starts
 USER_ERRORS = (ValueError, OSError, HydraException, OmegaConfBaseException, MisconfigurationException)
@@ -318,8 +318,12 @@ def train(cfg: DictConfig, run_dir: Path, claim: bool = False) -> Path:
         if OmegaConf.load(run_dir / "config.yaml") != OmegaConf.create(module.config):
             write_atomic(module.config, run_dir / "config.yaml")
         final = config["final_samples"]
-        out = module.generate(final["n"], seed=final["seed"], trajectory_every=2)
-        module.domain.save(out["x"], run_dir / "samples", out["labels"], out["seeds"], out["trajectory"])
+        prompts = cycled(config.get("preview", {}).get("prompts"), final["n"])
+        out = module.generate(final["n"], seed=final["seed"], trajectory_every=2, prompt=prompts)
+        with_prompts = {} if prompts is None else {"prompts": prompts}  # the time-series save takes none
+        module.domain.save(
+            out["x"], run_dir / "samples", out["labels"], out["seeds"], out["trajectory"], **with_prompts
+        )
         copy_report(module, datamodule, out["x"], run_dir / "samples")
     return run_dir / "checkpoints" / "last.ckpt"
 

@@ -275,6 +275,7 @@ class TimeSeriesDomain(Domain):
         labels: Tensor | None,
         seeds: list[int],
         trajectory: Tensor | None = None,
+        prompts: list[str] | None = None,
         *,
         given_values: Tensor | None = None,
         given: Tensor | None = None,
@@ -284,7 +285,9 @@ class TimeSeriesDomain(Domain):
         ``<var>_q05``/``<var>_q95`` when ``x`` holds several samples per window [S, N, K, L] and
         ``<var>_observed``, 1 where ``given``, when ``given`` is passed), ``samples.npz`` (every
         sample in data units and in model space, seeds, columns), ``grid.png`` (the windows) and,
-        with a trajectory, ``strip.png`` (file names shared by every domain)."""
+        with a trajectory, ``strip.png`` (file names shared by every domain). Time series take no prompts."""
+        if prompts is not None:
+            raise ValueError("time-series samples have no prompts; pass prompts=None")
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         samples = x if x.ndim == 4 else x[None]
