@@ -20,17 +20,48 @@ PyPOTS 1.5 this relies on:
   ``toolkit.domains.timeseries.Normalizer`` does for our model, and maps the draws back.
 - PyPOTS does not limit torch's threads itself, so the call runs on one thread and restores the previous
   count afterwards.
+
+PyPOTS trains for a number of epochs whatever the time it takes (macrodata's run had not finished after 45
+minutes), so a benchmark runs the peer through ``run_capped``: in a separate process that is stopped at a
+time cap, which then raises ``PeerStopped`` for the benchmark to report instead of waiting.
 """
 
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import sys
 import time
+from collections.abc import Callable
 
 import numpy as np
 
 INSTALL_HINT = 'pip install -e ".[bench-ts]" --only-binary tokenizers'
+
+
+class PeerStopped(RuntimeError):
+    """A peer ran past its time cap and its process was stopped; ``seconds`` is the cap."""
+
+    def __init__(self, seconds: float):
+        super().__init__(f"stopped at {seconds:.0f} s (time cap)")
+        self.seconds = seconds
+
+
+def run_capped(function: Callable, cap_seconds: float | None, *args, **kwargs):
+    """``function(*args, **kwargs)`` in a fresh (spawned) process, stopped once it has run ``cap_seconds``
+    (its start-up included), which raises ``PeerStopped``; its exceptions come back as they are. With
+    ``cap_seconds`` None it runs in this process. ``function`` must be importable by name in the new
+    process (a module-level function of an importable module) and its arguments picklable."""
+    if cap_seconds is None:
+        return function(*args, **kwargs)
+    if not cap_seconds > 0:
+        raise ValueError(f"cap_seconds must be a positive number of seconds or None (no cap), got {cap_seconds}")
+    with multiprocessing.get_context("spawn").Pool(1) as pool:  # leaving the block terminates the worker
+        pending = pool.apply_async(function, args, kwargs)
+        try:
+            return pending.get(timeout=cap_seconds)
+        except multiprocessing.TimeoutError:
+            raise PeerStopped(cap_seconds) from None
 
 
 def _import_pypots():
