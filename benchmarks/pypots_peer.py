@@ -47,21 +47,47 @@ class PeerStopped(RuntimeError):
         self.seconds = seconds
 
 
+def _call_and_send(connection, function: Callable, args: tuple, kwargs: dict) -> None:
+    """In the capped process: send back ``(True, result)`` or ``(False, the exception raised)``."""
+    try:
+        outcome = (True, function(*args, **kwargs))
+    except Exception as error:  # handed to the caller, who raises it
+        outcome = (False, error)
+    connection.send(outcome)
+
+
 def run_capped(function: Callable, cap_seconds: float | None, *args, **kwargs):
     """``function(*args, **kwargs)`` in a fresh (spawned) process, stopped once it has run ``cap_seconds``
     (its start-up included), which raises ``PeerStopped``; its exceptions come back as they are. With
     ``cap_seconds`` None it runs in this process. ``function`` must be importable by name in the new
-    process (a module-level function of an importable module) and its arguments picklable."""
+    process (a module-level function of an importable module) and its arguments picklable; a script that
+    calls this needs the ``if __name__ == "__main__":`` guard that spawned processes require."""
     if cap_seconds is None:
         return function(*args, **kwargs)
     if not cap_seconds > 0:
         raise ValueError(f"cap_seconds must be a positive number of seconds or None (no cap), got {cap_seconds}")
-    with multiprocessing.get_context("spawn").Pool(1) as pool:  # leaving the block terminates the worker
-        pending = pool.apply_async(function, args, kwargs)
-        try:
-            return pending.get(timeout=cap_seconds)
-        except multiprocessing.TimeoutError:
-            raise PeerStopped(cap_seconds) from None
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=_call_and_send, args=(sender, function, args, kwargs), daemon=True)
+    process.start()
+    sender.close()
+    try:
+        if not receiver.poll(cap_seconds):
+            raise PeerStopped(cap_seconds)
+        succeeded, value = receiver.recv()
+    except EOFError:
+        process.join(5)
+        raise RuntimeError(
+            f"the process running {function.__name__} ended without a result (exit code {process.exitcode})"
+        ) from None
+    finally:
+        receiver.close()
+        if process.is_alive():
+            process.terminate()
+        process.join()
+    if not succeeded:
+        raise value
+    return value
 
 
 def _import_pypots():
