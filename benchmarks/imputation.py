@@ -21,6 +21,12 @@ interpolation in time (pandas), and PyPOTS' CSDI (``pip install -e ".[bench-ts]"
 tokenizers``) trained on the same training windows for the same number of epochs as ours, with the
 CSDI paper's sizes (64 channels, 4 layers, 8 heads, 50 diffusion steps). Inference time is the wall
 time to draw the same number of samples for every held-out window, divided by the number of windows.
+
+So that a run ends, our model's training has a time budget (``--fit-budget``, the config's
+``trainer.max_time``: training stops there and the model is scored as it is) and PyPOTS' CSDI a time cap
+(``--peer-cap``, its training and sampling together, in a separate process): a peer past its cap is stopped
+and its row says so. The defaults (5 and 7 minutes per data set, 24 minutes for co2 and macrodata) leave a
+few minutes of a 30-minute run on 2 cores for our sampling and the scores.
 """
 
 from __future__ import annotations
@@ -38,7 +44,8 @@ import torch
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import markdown_table, stopwatch, write_results  # noqa: E402
+from benchmarks.common import markdown_table, stopwatch, trained_steps, write_results  # noqa: E402
+from toolkit.callbacks import time_budget  # noqa: E402
 from toolkit.config import compose_config  # noqa: E402
 from toolkit.domains.timeseries import Normalizer, make_windows  # noqa: E402
 from toolkit.impute import Imputer  # noqa: E402
@@ -52,6 +59,8 @@ SOURCE_SETTINGS = {
 RATES = (0.1, 0.5, 0.9)
 CSDI_PAPER_SIZES = {"channels": 64, "layers": 4, "heads": 8, "time_emb_dim": 128, "feature_emb_dim": 16}
 QUANTILE_LEVELS = np.round(np.arange(0.05, 0.951, 0.05), 2)
+FIT_BUDGET = "5min"  # our training, per data set
+PEER_CAP_SECONDS = 420.0  # PyPOTS' CSDI, training and sampling, per data set
 
 
 @dataclass
@@ -78,6 +87,7 @@ class MethodResult:
     scores: dict[str, Scores] = field(default_factory=dict)
     seconds_per_window: float | None = None
     note: str = ""
+    stopped_at: float | None = None  # seconds: the method ran past its time cap and was stopped
 
 
 def hide(truth: np.ndarray, kind: str, rate: float, seed: int) -> np.ndarray:
@@ -178,9 +188,12 @@ def train_or_load(
     return Imputer.load(last), last
 
 
-def pypots_peer(imputer: Imputer, runs: list[Scenario], n_samples: int, seed: int) -> tuple[MethodResult, list]:
-    """PyPOTS' CSDI trained like ours; the draws for every scenario, or a note when unavailable."""
-    from benchmarks.pypots_peer import pypots_csdi
+def pypots_peer(
+    imputer: Imputer, runs: list[Scenario], n_samples: int, seed: int, cap_seconds: float | None
+) -> tuple[MethodResult, list | None]:
+    """PyPOTS' CSDI trained like ours, in a process stopped after ``cap_seconds`` (None: no cap); the draws
+    for every scenario, or None with a result that says where it was stopped."""
+    from benchmarks.pypots_peer import PeerStopped, pypots_csdi, run_capped
 
     config = imputer.module.config
     domain = imputer.domain
@@ -188,21 +201,28 @@ def pypots_peer(imputer: Imputer, runs: list[Scenario], n_samples: int, seed: in
     batch = int(config["data"]["batch_size"])
     epochs = max(1, round(int(config["trainer"]["max_steps"]) * batch / len(train_windows)))
     given = np.concatenate([s.given for s in runs])
-    out = pypots_csdi(
-        train_windows.transpose(0, 2, 1),
-        given.transpose(0, 2, 1),
-        epochs=epochs,
-        n_samples=n_samples,
-        seed=seed,
-        batch_size=batch,
-        **CSDI_PAPER_SIZES,
-    )
+    setup = f"{epochs} epochs, CSDI paper sizes {CSDI_PAPER_SIZES}, 50 DDPM steps"
+    try:
+        out = run_capped(
+            pypots_csdi,
+            cap_seconds,
+            train_windows.transpose(0, 2, 1),
+            given.transpose(0, 2, 1),
+            epochs=epochs,
+            n_samples=n_samples,
+            seed=seed,
+            batch_size=batch,
+            **CSDI_PAPER_SIZES,
+        )
+    except PeerStopped as stopped:
+        note = f"stopped at {stopped.seconds:.0f} s (--peer-cap) before it finished training and sampling; {setup}"
+        return MethodResult("PyPOTS CSDI", note=note, stopped_at=stopped.seconds), None
     samples = out["samples"].transpose(0, 1, 3, 2)
     bounds = np.cumsum([0, *(len(s.given) for s in runs)])
     draws = [samples[:, a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
     seconds = out["predict_seconds"]
     windows = sum(len(s.given) for s in runs)
-    note = f"PyPOTS {out['version']}, {epochs} epochs, CSDI paper sizes {CSDI_PAPER_SIZES}, 50 DDPM steps"
+    note = f"PyPOTS {out['version']}, {setup}"
     return MethodResult("PyPOTS CSDI", seconds_per_window=seconds / windows, note=note), draws
 
 
@@ -245,12 +265,13 @@ def evaluate(
         results.append(ours)
     if args.peer:
         try:
-            peer, peer_draws = pypots_peer(imputer, runs, args.n_samples, args.seed)
+            peer, peer_draws = pypots_peer(imputer, runs, args.n_samples, args.seed, args.peer_cap or None)
         except ImportError as error:
             print(f"PyPOTS CSDI skipped: {error}")
         else:
-            for scenario, draws in zip(runs, peer_draws, strict=True):
-                peer.scores[scenario.name] = score(scenario.truth, scenario.hidden, std, draws)
+            if peer_draws is not None:
+                for scenario, draws in zip(runs, peer_draws, strict=True):
+                    peer.scores[scenario.name] = score(scenario.truth, scenario.hidden, std, draws)
             results.append(peer)
     facts = {
         "windows": len(windows),
@@ -266,6 +287,9 @@ def section(source: str, ckpt: Path, imputer: Imputer, results, runs, facts, arg
     header = ["method", *[f"{s.name}: MAE / RMSE / CRPS" for s in runs]]
     rows = []
     for r in results:
+        if r.stopped_at is not None:
+            rows.append([r.name, *[f"stopped at {r.stopped_at:.0f} s"] * len(runs)])
+            continue
         cells = [f"{c.mae:.3f} / {c.rmse:.3f} / {c.crps:.3f}" for c in (r.scores[s.name] for s in runs)]
         rows.append([r.name, *cells])
     timed = [r for r in results if r.seconds_per_window is not None]
@@ -273,11 +297,13 @@ def section(source: str, ckpt: Path, imputer: Imputer, results, runs, facts, arg
     time_rows = [
         [r.name, f"{1000 * r.seconds_per_window:.1f}", f"{slowest / r.seconds_per_window:.1f}x", r.note] for r in timed
     ]
+    time_rows += [[r.name, f"stopped at {r.stopped_at:.0f} s", "-", r.note] for r in results if r.stopped_at]
     hidden = ", ".join(f"{name}: {count}" for name, count in facts["hidden"].items())
     lines = [
         f"## {source}",
         "",
-        f"- Model: `{ckpt}` ({config['trainer']['max_steps']} steps of batch {config['data']['batch_size']}, "
+        f"- Model: `{ckpt}` ({trained_steps(ckpt)} steps of batch {config['data']['batch_size']}; trainer.max_steps "
+        f"{config['trainer']['max_steps']}, max_time {config['trainer'].get('max_time')}; "
         f"net {OmegaConf.to_container(OmegaConf.create(config['domain']['net']))}).",
         f"- Held-out: {facts['windows']} windows of {facts['window']} steps x {facts['variables']} variables, "
         f"each scenario drawn {args.mask_repeats} times; hidden cells scored: {hidden}.",
@@ -305,10 +331,28 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--mask-repeats", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True, help="run PyPOTS' CSDI")
+    parser.add_argument(
+        "--fit-budget",
+        default=FIT_BUDGET,
+        help="our training's time budget per data set (trainer.max_time: seconds, '90s', '5min'; 'none': the config's)",
+    )
+    parser.add_argument(
+        "--peer-cap",
+        type=float,
+        default=PEER_CAP_SECONDS,
+        help="seconds before PyPOTS' CSDI (training and sampling) is stopped, per data set; 0: no cap",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the machine may be shared)")
     parser.add_argument("--run-root", type=Path, default=Path("runs/bench_imputation"))
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
+    if args.peer_cap < 0:
+        parser.error(f"--peer-cap must be a number of seconds >= 0 (0: no cap), got {args.peer_cap}")
+    if args.fit_budget.lower() != "none":
+        try:
+            time_budget(args.fit_budget)
+        except ValueError as error:
+            parser.error(f"--fit-budget: {error}")
     torch.set_num_threads(args.threads)
     checkpoints = dict(item.split("=", 1) for item in args.ckpt)
     unknown = set(checkpoints) - set(args.sources)
@@ -317,7 +361,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     body = ["", "\n\n".join(__doc__.split("\n\n")[2:]).strip(), ""]  # a paragraph, not part of the header list
     for source in args.sources:
         given = Path(checkpoints[source]) if source in checkpoints else None
-        imputer, ckpt = train_or_load(source, given, args.run_root, args.max_steps, args.override)
+        budget = [] if args.fit_budget.lower() == "none" else [f"trainer.max_time={args.fit_budget}"]
+        imputer, ckpt = train_or_load(source, given, args.run_root, args.max_steps, [*budget, *args.override])
         results, runs, facts = evaluate(source, imputer, args)
         lines = section(source, ckpt, imputer, results, runs, facts, args)
         print("\n".join(lines))

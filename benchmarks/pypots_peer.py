@@ -20,17 +20,74 @@ PyPOTS 1.5 this relies on:
   ``toolkit.domains.timeseries.Normalizer`` does for our model, and maps the draws back.
 - PyPOTS does not limit torch's threads itself, so the call runs on one thread and restores the previous
   count afterwards.
+
+PyPOTS trains for a number of epochs whatever the time it takes (macrodata's run had not finished after 45
+minutes), so a benchmark runs the peer through ``run_capped``: in a separate process that is stopped at a
+time cap, which then raises ``PeerStopped`` for the benchmark to report instead of waiting.
 """
 
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import sys
 import time
+from collections.abc import Callable
 
 import numpy as np
 
 INSTALL_HINT = 'pip install -e ".[bench-ts]" --only-binary tokenizers'
+
+
+class PeerStopped(RuntimeError):
+    """A peer ran past its time cap and its process was stopped; ``seconds`` is the cap."""
+
+    def __init__(self, seconds: float):
+        super().__init__(f"stopped at {seconds:.0f} s (time cap)")
+        self.seconds = seconds
+
+
+def _call_and_send(connection, function: Callable, args: tuple, kwargs: dict) -> None:
+    """In the capped process: send back ``(True, result)`` or ``(False, the exception raised)``."""
+    try:
+        outcome = (True, function(*args, **kwargs))
+    except Exception as error:  # handed to the caller, who raises it
+        outcome = (False, error)
+    connection.send(outcome)
+
+
+def run_capped(function: Callable, cap_seconds: float | None, *args, **kwargs):
+    """``function(*args, **kwargs)`` in a fresh (spawned) process, stopped once it has run ``cap_seconds``
+    (its start-up included), which raises ``PeerStopped``; its exceptions come back as they are. With
+    ``cap_seconds`` None it runs in this process. ``function`` must be importable by name in the new
+    process (a module-level function of an importable module) and its arguments picklable; a script that
+    calls this needs the ``if __name__ == "__main__":`` guard that spawned processes require."""
+    if cap_seconds is None:
+        return function(*args, **kwargs)
+    if not cap_seconds > 0:
+        raise ValueError(f"cap_seconds must be a positive number of seconds or None (no cap), got {cap_seconds}")
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=_call_and_send, args=(sender, function, args, kwargs), daemon=True)
+    process.start()
+    sender.close()
+    try:
+        if not receiver.poll(cap_seconds):
+            raise PeerStopped(cap_seconds)
+        succeeded, value = receiver.recv()
+    except EOFError:
+        process.join(5)
+        raise RuntimeError(
+            f"the process running {function.__name__} ended without a result (exit code {process.exitcode})"
+        ) from None
+    finally:
+        receiver.close()
+        if process.is_alive():
+            process.terminate()
+        process.join()
+    if not succeeded:
+        raise value
+    return value
 
 
 def _import_pypots():

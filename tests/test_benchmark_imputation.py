@@ -69,19 +69,19 @@ def test_scores_in_training_std_units_and_crps_of_a_point_equals_its_mae():
     assert wide.crps == pytest.approx(3 * calibrated.crps, rel=1e-6)
 
 
+TINY_TIMESERIES = [
+    "domain=timeseries",
+    "domain.window=16",
+    "domain.net.channels=8",
+    "domain.net.layers=1",
+    "domain.net.heads=2",
+    "domain.net.time_emb_dim=8",
+    "domain.net.feature_emb_dim=4",
+]
+
+
 def test_end_to_end_on_an_untrained_checkpoint(tmp_path):
-    ckpt = save_untrained_checkpoint(
-        tmp_path / "untrained.ckpt",
-        [
-            "domain=timeseries",
-            "domain.window=16",
-            "domain.net.channels=8",
-            "domain.net.layers=1",
-            "domain.net.heads=2",
-            "domain.net.time_emb_dim=8",
-            "domain.net.feature_emb_dim=4",
-        ],
-    )
+    ckpt = save_untrained_checkpoint(tmp_path / "untrained.ckpt", TINY_TIMESERIES)
     out = tmp_path / "imputation.md"
     bench.main(
         ["--sources", "co2", "--ckpt", f"co2={ckpt}", "--steps", "2", "--n-samples", "2", "--mask-repeats", "1"]
@@ -91,3 +91,44 @@ def test_end_to_end_on_an_untrained_checkpoint(tmp_path):
     for row in ("window mean", "LOCF", "linear interpolation", "ours, dpmpp_2m 2 steps", "90% random", "block"):
         assert row in text
     assert "ms per window" in text
+
+
+def test_a_peer_past_its_cap_gets_a_stopped_row_and_our_training_a_budget(tmp_path, monkeypatch):
+    import benchmarks.pypots_peer as peer_module
+
+    ckpt = save_untrained_checkpoint(tmp_path / "untrained.ckpt", TINY_TIMESERIES)
+    caps, budgets = [], []
+
+    def stopped_at_cap(function, cap_seconds, *args, **kwargs):
+        caps.append(cap_seconds)
+        raise peer_module.PeerStopped(cap_seconds)
+
+    def load_recording_extra(source, ckpt, run_root, max_steps, extra=()):
+        budgets.append(list(extra))
+        return real_train_or_load(source, ckpt, run_root, max_steps, extra)
+
+    real_train_or_load = bench.train_or_load
+    monkeypatch.setattr(peer_module, "run_capped", stopped_at_cap)
+    monkeypatch.setattr(bench, "train_or_load", load_recording_extra)
+    out = tmp_path / "imputation.md"
+    bench.main(
+        ["--sources", "co2", "--ckpt", f"co2={ckpt}", "--steps", "2", "--n-samples", "2", "--mask-repeats", "1"]
+        + ["--peer-cap", "3", "--fit-budget", "90s", "--out", str(out)]
+    )
+    assert caps == [3.0]
+    assert budgets == [["trainer.max_time=90s"]]
+    text = out.read_text()
+    peer_row = next(line for line in text.splitlines() if line.startswith("| PyPOTS CSDI") and "MAE" not in line)
+    assert peer_row.count("stopped at 3 s") == 4, "every scenario's cell says the peer was stopped"
+    assert "| PyPOTS CSDI | stopped at 3 s | - | stopped at 3 s (--peer-cap)" in text
+    assert "| ours, dpmpp_2m 2 steps |" in text
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [(["--peer-cap", "-1"], "--peer-cap must be"), (["--fit-budget", "soon"], "--fit-budget: time budget")],
+)
+def test_bad_caps_are_refused(arguments, message, capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--sources", "co2", *arguments])
+    assert message in capsys.readouterr().err

@@ -1,7 +1,11 @@
 """benchmarks/pypots_peer.py: the PyPOTS CSDI peer keeps its contract (all draws, observed values kept,
-the input's units, seeded) on a tiny model, and says how to install PyPOTS when it is missing."""
+the input's units, seeded) on a tiny model, and says how to install PyPOTS when it is missing; ``run_capped``
+stops a call past its time cap."""
 
+import math
+import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -109,3 +113,35 @@ def test_missing_pypots_names_the_install_command(peer, monkeypatch):
     monkeypatch.setitem(sys.modules, "pypots", None)
     with pytest.raises(ImportError, match=r"bench-ts.*--only-binary tokenizers"):
         peer.pypots_csdi(np.zeros((4, 8, 2)), np.zeros((2, 8, 2)), epochs=1, n_samples=1)
+
+
+@pytest.fixture(scope="module")
+def capped():
+    """benchmarks.pypots_peer imported by its package name, as the benchmarks do: the spawned process
+    imports the module of the function it runs by that name."""
+    import importlib
+
+    root = str(SCRIPT.parents[1])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    return importlib.import_module("benchmarks.pypots_peer")
+
+
+def test_run_capped_stops_a_call_past_its_cap(capped):
+    started = time.perf_counter()
+    with pytest.raises(capped.PeerStopped, match=r"stopped at 2 s") as stopped:
+        capped.run_capped(time.sleep, 2.0, 60)
+    assert stopped.value.seconds == 2.0
+    assert time.perf_counter() - started < 30, "the process must be stopped at the cap, not waited for"
+
+
+def test_run_capped_returns_results_and_raises_errors_of_the_call(capped):
+    assert capped.run_capped(math.factorial, 60.0, 5) == 120
+    assert capped.run_capped(math.factorial, None, 6) == 720  # no cap: in this process
+    with pytest.raises(ValueError, match="math domain error"):
+        capped.run_capped(math.sqrt, 60.0, -1.0)
+    with pytest.raises(RuntimeError, match=r"_exit ended without a result \(exit code 3\)"):
+        capped.run_capped(os._exit, 60.0, 3)
+    for cap in (0, -3.0):
+        with pytest.raises(ValueError, match="cap_seconds must be a positive number"):
+            capped.run_capped(math.factorial, cap, 3)
