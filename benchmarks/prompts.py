@@ -1,26 +1,26 @@
 """Prompt adherence: does a text-conditioned model draw what the prompt asks for?
 
-Images (``python -m toolkit.train experiment=image_prompts``): the shipped captioned digits name the
-digit, the stroke weight and the slant ("a bold seven leaning right"). Each sample is measured the way
-its caption was made (data/images/make_captioned_digits.py):
+Each sample is measured the way its caption was made, by a judge per domain (``JUDGES``):
 
-- digit: a small CNN trained (seeded) on the real digits' training split (benchmarks/image_quality.py's
-  classifier); the share of samples it reads as the digit asked for;
-- weight: ink mass, a binary check: a sample asked to be bold (thin) passes when its ink mass lies
-  above (below) the median of real images of that digit (the midpoint of the caption terciles);
-- slant: the shear of the ink's second moments, likewise: leaning right (left) passes above (below)
-  the digit's median; "upright" prompts get the share within the caption's middle third.
+- images (``experiment=image_prompts``; captions "a bold seven leaning right" from
+  data/images/make_captioned_digits.py): the digit by a small CNN trained (seeded) on the real digits'
+  training split; the weight by ink mass and the slant by the shear of the ink's moments, each a binary
+  check against the median of real images of that digit; "upright" prompts pass within the caption's
+  middle third of shear;
+- audio and point clouds: no judge yet (see README: the audio captions' pitch does not follow the
+  measured F0 of the clips, so it cannot be judged as captioned).
 
-Prompt sets: training-style (one caption per digit, weight and slant combination seen in training, in
-its training wording), held-out combinations (the combinations kept out of training, in training
-wordings) and paraphrases (wordings kept out of the captions, for seen combinations). Each at every
-``--guidance``. The class-label model (``--label-ckpt``, the default image run) draws the same number
-of samples per digit at the same guidance: the digit is the one attribute both can express.
+The first row judges real data against its own captions: how far the judge agrees with the captions.
+Prompt sets: training-style (one caption per attribute combination seen in training, in its training
+wording), held-out combinations (the combinations kept out of training, in training wordings) and
+paraphrases (wordings kept out of the captions, for seen combinations), each at every ``--guidance``.
+A class-label model of the same domain (``--label-ckpt``) draws as many samples per class at the same
+guidance: the digit or word is the one attribute both can express.
 
     python benchmarks/prompts.py --ckpt runs/image/<time>/checkpoints/last.ckpt \
-        --label-ckpt runs/image/<time>/checkpoints/last.ckpt
+        --label-ckpt runs/image/<label run>/checkpoints/last.ckpt
 
-Writes benchmarks/results/prompts.md (``--out`` to change).
+Writes benchmarks/results/prompts_<domain>.md (``--out`` to change).
 """
 
 from __future__ import annotations
@@ -28,11 +28,12 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +48,7 @@ from toolkit.domains.captions import HELD_OUT_FILE, PARAPHRASES_FILE, read_capti
 from toolkit.domains.data import split_indices  # noqa: E402
 from toolkit.domains.image import CAPTIONED_DIGITS_ROOT, load_digits_images  # noqa: E402
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "prompts.md"
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "prompts.md"  # prompts_<domain>.md
 REPO = Path(__file__).resolve().parent.parent
 FLOORS = {"training-style": 0.90, "held-out combinations": 0.70}
 BINARY_FLOOR = 0.80
@@ -64,31 +65,36 @@ def caption_measures():
     return module
 
 
-@dataclass(frozen=True)
+@dataclass
 class Prompt:
+    """A prompt and the attributes its caption was made from (as strings; "" = not named)."""
+
     text: str
-    digit: int
-    weight: str  # "bold", "thin" or "" (not named)
-    slant: str  # "left", "upright" or "right"
+    attributes: dict[str, str]
+
+    def __getitem__(self, name: str) -> str:
+        return self.attributes[name]
 
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def prompt_sets(root: Path) -> dict[str, list[Prompt]]:
-    """The three sets, each prompt once, in a fixed order."""
+def prompt_sets(root: Path, names: Sequence[str]) -> dict[str, list[Prompt]]:
+    """The three sets over the attributes ``names``, each prompt once, in a fixed order."""
+
+    def prompt(row: dict) -> Prompt:
+        return Prompt(row["text"], {name: str(row[name]) for name in names})
 
     def unique(rows) -> list[Prompt]:
-        seen = {}
+        seen: dict[str, Prompt] = {}
         for row in rows:
-            prompt = Prompt(row["text"], int(row["digit"]), row["weight"], row["slant"])
-            seen.setdefault(prompt.text, prompt)
-        return sorted(seen.values(), key=lambda p: (p.digit, p.weight, p.slant, p.text))
+            seen.setdefault(row["text"], prompt(row))
+        return sorted(seen.values(), key=lambda p: (*(p[n] for n in names), p.text))
 
-    training = {}
+    training: dict[tuple, dict] = {}
     for row in read_captions(root).values():
-        training.setdefault((int(row["digit"]), row["weight"], row["slant"]), row)  # first caption per combination
+        training.setdefault(tuple(str(row[n]) for n in names), row)  # the first caption per combination
     return {
         "training-style": unique(training.values()),
         "held-out combinations": unique(read_jsonl(root / HELD_OUT_FILE)),
@@ -96,60 +102,94 @@ def prompt_sets(root: Path) -> dict[str, list[Prompt]]:
     }
 
 
-@dataclass
-class Measures:
-    """What the captions' attributes are judged by: the classifier and each digit's medians and
-    terciles of ink mass and shear over the real images."""
+def judged_share(values: list[bool]) -> tuple[float, int]:
+    """The share of passes and the number judged."""
+    return (statistics.mean(values) if values else float("nan"), len(values))
 
-    classifier: torch.nn.Module
-    classifier_accuracy: float
-    ink_median: np.ndarray
-    shear_median: np.ndarray
-    shear_terciles: np.ndarray  # [10, 2]
-    ink_mass: Callable[[np.ndarray], np.ndarray]
-    shear: Callable[[np.ndarray], np.ndarray]
 
-    @classmethod
-    def build(cls, epochs: int, seed: int) -> Measures:
+class DigitJudge:
+    """Images: the digit by a CNN trained on the real digits' training split, weight by ink mass and
+    slant by shear (the captions' own measures), each a binary check against the median of the real
+    images of that digit; "upright" prompts pass within the caption's middle third of shear."""
+
+    domain = "image"
+    key = "digit"
+    attributes = ("digit", "weight", "slant")
+    binary = ("weight", "slant")
+    columns = ("digit", "weight", "slant", "upright")
+    checkpoint = "runs/image/<time>/checkpoints/last.ckpt"
+
+    def __init__(self, module, epochs: int, seed: int):
         script = caption_measures()
+        self.ink_mass, self.shear = script.ink_mass, script.shear
+        self.domain_ = module.domain
         images, labels = load_digits_images(script.RESOLUTION)
         pixels = np.rint(images[:, 0].numpy() * 255) / 255.0  # as the PNGs store them
         train, held_out = split_indices(len(labels), 0.1, seed)
         unit = torch.from_numpy(pixels).float()[:, None]
-        classifier = train_classifier(Split(unit[train], labels[train]), 10, epochs=epochs, seed=seed)
-        with torch.no_grad():
-            accuracy = (classifier(unit[held_out]).argmax(1) == labels[held_out]).float().mean().item()
-        ink, slant, digits = script.ink_mass(pixels), script.shear(pixels), labels.numpy()
-        return cls(
-            classifier,
-            accuracy,
-            np.array([np.median(ink[digits == d]) for d in range(10)]),
-            np.array([np.median(slant[digits == d]) for d in range(10)]),
-            np.array([np.quantile(slant[digits == d], [1 / 3, 2 / 3]) for d in range(10)]),
-            script.ink_mass,
-            script.shear,
-        )
+        self.classifier = train_classifier(Split(unit[train], labels[train]), 10, epochs=epochs, seed=seed)
+        self.classifier_accuracy = float((self.read(pixels[held_out]) == labels[held_out].numpy()).mean())
+        ink, slant, digits = self.ink_mass(pixels), self.shear(pixels), labels.numpy()
+        self.ink_median = np.array([np.median(ink[digits == d]) for d in range(10)])
+        self.shear_median = np.array([np.median(slant[digits == d]) for d in range(10)])
+        self.shear_terciles = np.array([np.quantile(slant[digits == d], [1 / 3, 2 / 3]) for d in range(10)])
+        self.real = self.real_with_captions(module.domain.root or CAPTIONED_DIGITS_ROOT)
 
-    def digits(self, pixels: np.ndarray) -> np.ndarray:
+    @staticmethod
+    def real_with_captions(root: Path, count: int = 300) -> tuple[np.ndarray, list[Prompt]]:
+        """The first ``count`` captioned real images (pixels) and their captions."""
+        from PIL import Image
+
+        rows = list(read_captions(root).items())[:count]
+        pixels = np.stack([np.asarray(Image.open(Path(root) / name), dtype=np.float64) / 255 for name, _ in rows])
+        return pixels, [Prompt(r["text"], {n: str(r[n]) for n in DigitJudge.attributes}) for _, r in rows]
+
+    def read(self, pixels: np.ndarray) -> np.ndarray:
         """The digit the classifier reads in each of ``pixels`` [n, 16, 16]."""
         with torch.no_grad():
             return self.classifier(torch.from_numpy(pixels).float()[:, None]).argmax(1).numpy()
 
-    def judge(self, pixels: np.ndarray, prompts: Sequence[Prompt]) -> dict[str, list[bool]]:
-        """Per attribute, one pass/fail per sample that names it (pixels [n, 16, 16] in [0, 1])."""
-        read = self.digits(pixels)
-        ink, slant = self.ink_mass(pixels), self.shear(pixels)
-        results: dict[str, list[bool]] = {"digit": [], "weight": [], "slant": [], "upright": []}
+    def pixels(self, x: torch.Tensor) -> np.ndarray:
+        return self.domain_.decode(x)[:, 0]
+
+    def classes(self, x: torch.Tensor) -> np.ndarray:
+        return self.read(self.pixels(x))
+
+    def class_of(self, prompt: Prompt) -> int:
+        return int(prompt["digit"])
+
+    def judge(self, x: torch.Tensor, prompts: Sequence[Prompt]) -> dict[str, list[bool]]:
+        """Per attribute, one pass/fail per sample that names it (``x`` in model space)."""
+        return self.judge_pixels(self.pixels(x), prompts)
+
+    def judge_pixels(self, pixels: np.ndarray, prompts: Sequence[Prompt]) -> dict[str, list[bool]]:
+        read, ink, slant = self.read(pixels), self.ink_mass(pixels), self.shear(pixels)
+        results: dict[str, list[bool]] = {name: [] for name in self.columns}
         for i, p in enumerate(prompts):
-            results["digit"].append(bool(read[i] == p.digit))
-            if p.weight:
-                results["weight"].append(bool((ink[i] > self.ink_median[p.digit]) == (p.weight == "bold")))
-            if p.slant == "upright":
-                low, high = self.shear_terciles[p.digit]
+            digit = int(p["digit"])
+            results["digit"].append(bool(read[i] == digit))
+            if p["weight"]:
+                results["weight"].append(bool((ink[i] > self.ink_median[digit]) == (p["weight"] == "bold")))
+            if p["slant"] == "upright":
+                low, high = self.shear_terciles[digit]
                 results["upright"].append(bool(low <= slant[i] <= high))
             else:
-                results["slant"].append(bool((slant[i] > self.shear_median[p.digit]) == (p.slant == "right")))
+                results["slant"].append(bool((slant[i] > self.shear_median[digit]) == (p["slant"] == "right")))
         return results
+
+    def ceiling(self) -> dict[str, list[bool]]:
+        """The judge on real images against their own captions."""
+        return self.judge_pixels(*self.real)
+
+    def description(self) -> str:
+        return (
+            f"a CNN at {100 * self.classifier_accuracy:.1f}% on held-out real digits reads the digit; weight (ink "
+            "mass) and slant (shear) against each digit's median over the real images (binary; chance 50%); "
+            "upright: within the caption's middle third of shear (chance 33%)"
+        )
+
+
+JUDGES = {judge.domain: judge for judge in (DigitJudge,)}  # audio and point clouds: not yet
 
 
 @dataclass
@@ -162,51 +202,37 @@ class Row:
     ms_per_sample: float
 
 
-def share(values: list[bool]) -> tuple[float, int]:
-    return (statistics.mean(values) if values else float("nan"), len(values))
-
-
-def draw(module, prompts: Sequence[str] | None, labels, n: int, guidance: float, batch_size: int) -> np.ndarray:
-    """Samples 0..n-1 (seeds 0..n-1) as pixels [n, 16, 16] in [0, 1]."""
+def draw(module, prompts: Sequence[str] | None, labels, n: int, guidance: float, batch_size: int):
+    """Samples 0..n-1 (seeds 0..n-1) in model space, and the milliseconds a sample took."""
+    started = time.perf_counter()
     out = module.generate(n, seed=0, prompt=prompts, labels=labels, guidance=guidance, batch_size=batch_size)
-    return module.domain.decode(out["x"])[:, 0]
+    return out["x"], 1000 * (time.perf_counter() - started) / n
 
 
-def run(module, label_module, measures: Measures, sets, per_prompt: int, guidances, batch_size: int, log=print):
-    rows = []
+def shares(judged: dict[str, list[bool]]) -> dict[str, tuple[float, int]]:
+    return {k: judged_share(v) for k, v in judged.items()}
+
+
+def run(module, label_module, judge, sets, per_prompt: int, guidances, batch_size: int, log=print) -> list[Row]:
+    """The judge on real data, then every prompt set at every guidance and the class-label model on as
+    many samples per class."""
+    rows = [Row("real data", "their own captions", float("nan"), len(judge.real[1]), shares(judge.ceiling()), 0.0)]
+    log(format_row(rows[-1], judge.columns))
     for guidance in guidances:
         for name in PROMPT_SETS:
             prompts = [p for p in sets[name] for _ in range(per_prompt)]
-            started = time.perf_counter()
-            pixels = draw(module, [p.text for p in prompts], None, len(prompts), guidance, batch_size)
-            seconds = time.perf_counter() - started
-            judged = measures.judge(pixels, prompts)
-            rows.append(
-                Row(
-                    "prompts",
-                    name,
-                    guidance,
-                    len(prompts),
-                    {k: share(v) for k, v in judged.items()},
-                    1000 * seconds / len(prompts),
-                )
-            )
-            log(format_row(rows[-1]))
+            x, ms = draw(module, [p.text for p in prompts], None, len(prompts), guidance, batch_size)
+            rows.append(Row("prompts", name, guidance, len(prompts), shares(judge.judge(x, prompts)), ms))
+            log(format_row(rows[-1], judge.columns))
         if label_module is not None:
-            n = -(-len(sets["training-style"]) * per_prompt // 10) * 10  # as many as training-style prompts
-            labels = torch.arange(n) % 10
-            started = time.perf_counter()
-            pixels = draw(label_module, None, labels, n, guidance, batch_size)
-            seconds = time.perf_counter() - started
-            digit = (measures.digits(pixels) == labels.numpy()).tolist()
-            rows.append(
-                Row("class labels", "the digit's label", guidance, n, {"digit": share(digit)}, 1000 * seconds / n)
-            )
-            log(format_row(rows[-1]))
+            classes = label_module.domain.num_classes
+            n = -(-len(sets["training-style"]) * per_prompt // classes) * classes  # as many as training-style
+            labels = torch.arange(n) % classes
+            x, ms = draw(label_module, None, labels, n, guidance, batch_size)
+            judged = {judge.key: (judge.classes(x) == labels.numpy()).tolist()}
+            rows.append(Row("class labels", f"the {judge.key}'s label", guidance, n, shares(judged), ms))
+            log(format_row(rows[-1], judge.columns))
     return rows
-
-
-HEADER = ["model", "prompts", "guidance", "samples", "digit %", "weight %", "slant %", "upright %", "ms / sample"]
 
 
 def cell(value: tuple[float, int] | None) -> str:
@@ -215,22 +241,24 @@ def cell(value: tuple[float, int] | None) -> str:
     return f"{100 * value[0]:.1f} ({value[1]})"
 
 
-def format_row(row: Row) -> str:
-    cells = [row.model, row.prompts, f"{row.guidance:g}", row.count]
-    cells += [cell(row.shares.get(k)) for k in ("digit", "weight", "slant", "upright")]
+def format_row(row: Row, columns: Sequence[str]) -> str:
+    guidance = "-" if math.isnan(row.guidance) else f"{row.guidance:g}"
+    cells = [row.model, row.prompts, guidance, row.count, *(cell(row.shares.get(k)) for k in columns)]
     return " | ".join(map(str, [*cells, f"{row.ms_per_sample:.1f}"]))
 
 
-def verdicts(rows: Sequence[Row]) -> list[str]:
+def verdicts(rows: Sequence[Row], judge) -> list[str]:
     """The issue's floors, at each guidance."""
     lines = []
-    for guidance in sorted({r.guidance for r in rows}):
+    for guidance in sorted({r.guidance for r in rows if r.model == "prompts"}):
         at = {r.prompts: r for r in rows if r.guidance == guidance and r.model == "prompts"}
         parts = []
         for name, floor in FLOORS.items():
-            value = at[name].shares["digit"][0]
-            parts.append(f"digit {100 * value:.1f}% on {name} ({'meets' if value >= floor else 'BELOW'} {floor:.0%})")
-        for attribute in ("weight", "slant"):
+            value = at[name].shares[judge.key][0]
+            parts.append(
+                f"{judge.key} {100 * value:.1f}% on {name} ({'meets' if value >= floor else 'BELOW'} {floor:.0%})"
+            )
+        for attribute in judge.binary:
             value = at["training-style"].shares[attribute][0]
             parts.append(
                 f"{attribute} {100 * value:.1f}% training-style ({'meets' if value >= BINARY_FLOOR else 'BELOW'} "
@@ -244,14 +272,14 @@ def main(argv: Sequence[str] | None = None) -> Path:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ckpt", type=Path, required=True, help="checkpoint of experiment=image_prompts")
-    parser.add_argument("--label-ckpt", type=Path, help="a class-label image checkpoint to compare on the digit")
+    parser.add_argument("--label-ckpt", type=Path, help="a class-label checkpoint of the same domain to compare with")
     parser.add_argument("--per-prompt", type=int, default=4, help="samples per prompt (seeds 0..)")
     parser.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0, 4.0])
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--classifier-epochs", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0, help="classifier seed")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--out", type=Path, help="default: benchmarks/results/prompts_<domain>.md")
     args = parser.parse_args(argv)
     if min(args.per_prompt, args.batch_size, args.classifier_epochs, args.threads) < 1:
         parser.error("--per-prompt, --batch-size, --classifier-epochs and --threads must be >= 1")
@@ -262,39 +290,41 @@ def main(argv: Sequence[str] | None = None) -> Path:
     with stopwatch() as total:
         module = load_module(args.ckpt)
         if module.domain.text_encoder is None:
-            parser.error(f"{args.ckpt} was not trained with captions; train one with experiment=image_prompts")
+            parser.error(f"{args.ckpt} was not trained with captions; train one with experiment=<domain>_prompts")
+        if module.domain.name not in JUDGES:
+            parser.error(f"no judge for the {module.domain.name} domain yet; choose one of {sorted(JUDGES)}")
+        judge_class = JUDGES[module.domain.name]
         label_module = load_module(args.label_ckpt) if args.label_ckpt else None
-        measures = Measures.build(args.classifier_epochs, args.seed)
-        print(f"classifier: {100 * measures.classifier_accuracy:.1f}% on held-out real digits")
-        sets = prompt_sets(Path(module.domain.root or CAPTIONED_DIGITS_ROOT))
-        rows = run(module, label_module, measures, sets, args.per_prompt, args.guidance, args.batch_size)
+        if label_module is not None and label_module.domain.name != module.domain.name:
+            parser.error(f"--label-ckpt is a {label_module.domain.name} model; give a {module.domain.name} one")
+        judge = judge_class(module, args.classifier_epochs, args.seed)
+        print(judge.description())
+        sets = prompt_sets(Path(module.domain.root or CAPTIONED_DIGITS_ROOT), judge.attributes)
+        rows = run(module, label_module, judge, sets, args.per_prompt, args.guidance, args.batch_size)
     sampler = module.config["sampler"]
+    header = ["model", "prompts", "guidance", "samples", *(f"{c} %" for c in judge.columns), "ms / sample"]
+    floors = f"{judge.key} >= 90% training-style, >= 70% held-out; each binary attribute >= 80%"
     body = [
         f"- Checkpoint: trained {torch.load(args.ckpt, weights_only=True).get('global_step', '?')} steps "
         f"({module.config['domain']['text_encoder']['kind']} text encoder); sampler {sampler['method']}, "
         f"{sampler['steps']} steps; {args.per_prompt} samples per prompt (seeds 0..), "
         f"{', '.join(f'{k}: {len(v)} prompts' for k, v in sets.items())}",
-        f"- Judge: a CNN at {100 * measures.classifier_accuracy:.1f}% on held-out real digits; weight and slant "
-        "against each digit's median over the real images (binary; chance 50%), upright: within the caption's "
-        "middle third of shear (chance 33%)",
+        f"- Judge: {judge.description()}; the first row is the judge on real data against its own captions",
         f"- Run time: {total.seconds:.0f} s wall, {time.process_time() - cpu:.0f} s CPU, {args.threads} thread(s); "
         f"load average (1 min) before / after: {load_before:.1f} / {os.getloadavg()[0]:.1f}",
         "- Cells: share of the samples that name the attribute which pass, with that count in brackets",
         "",
-        "## Against the issue's floors (digit >= 90% training-style, >= 70% held-out; each binary attribute >= 80%)",
+        f"## Against the issue's floors ({floors})",
         "",
-        *verdicts(rows),
+        *verdicts(rows, judge),
         "",
         "## All rows",
         "",
-        *markdown_table(HEADER, [format_row(r).split(" | ") for r in rows]),
+        *markdown_table(header, [format_row(r, judge.columns).split(" | ") for r in rows]),
     ]
-    path = write_results(
-        args.out,
-        "Prompts: adherence per attribute",
-        reproduce_command(argv, "benchmarks/prompts.py", "runs/image/<time>/checkpoints/last.ckpt"),
-        body,
-    )
+    out = args.out or DEFAULT_OUT.with_name(f"prompts_{module.domain.name}.md")
+    command = reproduce_command(argv, "benchmarks/prompts.py", judge_class.checkpoint)
+    path = write_results(out, f"Prompts: adherence per attribute ({module.domain.name})", command, body)
     print("\n".join(body))
     return path
 

@@ -1,13 +1,13 @@
 """benchmarks/prompts.py: the judge agrees with the captions on real digits, and a run writes every row."""
 
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from conftest import load_benchmark, save_untrained_checkpoint
 
-from toolkit.domains.captions import read_captions
-from toolkit.domains.image import CAPTIONED_DIGITS_ROOT
+from toolkit.domains.image import CAPTIONED_DIGITS_ROOT, ImageDomain
 
 TINY_TEXT_IMAGE = [
     "experiment=image_prompts",
@@ -32,26 +32,19 @@ def test_real_digits_pass_the_judge_with_their_own_captions(bench):
     """The judge measures what the captions say: each real image, judged against its own caption,
     passes weight, slant and upright (they were captioned by the same measures, by thirds), and the
     classifier reads the digit."""
-    measures = bench.Measures.build(epochs=3, seed=0)
-    rows = list(read_captions(CAPTIONED_DIGITS_ROOT).items())[:300]
-    from PIL import Image
-
-    pixels = np.stack(
-        [np.asarray(Image.open(CAPTIONED_DIGITS_ROOT / name), dtype=np.float64) / 255 for name, _ in rows]
-    )
-    prompts = [bench.Prompt(r["text"], int(r["digit"]), r["weight"], r["slant"]) for _, r in rows]
-    judged = measures.judge(pixels, prompts)
+    judge = bench.DigitJudge(SimpleNamespace(domain=ImageDomain(source="captioned_digits")), epochs=3, seed=0)
+    pixels, prompts = judge.real
+    judged = judge.ceiling()
     assert all(judged["weight"]) and all(judged["slant"]) and all(judged["upright"])
     assert np.mean(judged["digit"]) > 0.9
-    flipped = [
-        bench.Prompt(p.text, p.digit, {"bold": "thin", "thin": "bold"}.get(p.weight, ""), p.slant) for p in prompts
-    ]
-    assert not any(measures.judge(pixels, flipped)["weight"])
+    flip = {"bold": "thin", "thin": "bold", "": ""}
+    flipped = [bench.Prompt(p.text, {**p.attributes, "weight": flip[p["weight"]]}) for p in prompts]
+    assert not any(judge.judge_pixels(pixels, flipped)["weight"])
 
 
 def test_prompt_sets_keep_held_out_combinations_and_paraphrases_apart(bench):
-    sets = bench.prompt_sets(CAPTIONED_DIGITS_ROOT)
-    combination = lambda p: (p.digit, p.weight, p.slant)  # noqa: E731
+    sets = bench.prompt_sets(CAPTIONED_DIGITS_ROOT, bench.DigitJudge.attributes)
+    combination = lambda p: tuple(p.attributes.values())  # noqa: E731
     training = {combination(p) for p in sets["training-style"]}
     assert training and not training & {combination(p) for p in sets["held-out combinations"]}
     assert {combination(p) for p in sets["paraphrases"]} <= training
@@ -81,4 +74,5 @@ def test_a_run_writes_every_row_and_the_floors(bench, tmp_path):
     text = out.read_text()
     rows = [line for line in text.splitlines() if line.startswith("| prompts |") or line.startswith("| class labels |")]
     assert len(rows) == 2 * 4  # three prompt sets and the label model, at two guidance scales
+    assert "| real data | their own captions | - | 300 | " in text
     assert text.count("- guidance ") == 2 and "on held-out combinations" in text
