@@ -43,6 +43,7 @@ from benchmarks.common import (  # noqa: E402
     COPY_HEADER,
     FD_REPEATS,
     Copies,
+    MeasuredRows,
     Reference,
     classify,
     copies,
@@ -243,21 +244,18 @@ def run(
         log(format_rows([drawn])[-1])
         return drawn, samples
 
+    measured = MeasuredRows(row)
     rows = []
     for method in samplers:
         for budget in nfes:
-            drawn, samples = row(method, budget, guidance)
+            drawn, samples = measured(method, budget, guidance)
             rows.append(drawn)
             if (method, budget) == (ROUND_TRIP_METHOD, ROUND_TRIP_NFE):
                 name = f"{method} samples at {budget} NFE"
                 trip = waveform_round_trip(domain, samples)
                 round_trip.append(scored(name, reference, samples, labels, num_classes))
                 round_trip.append(scored(f"{name}, waveform round trip", reference, trip, labels, num_classes))
-    swept = []
-    if sweep is not None:
-        method, budget, scales = sweep
-        done = {(r.method, r.budget, r.guidance): r for r in rows}
-        swept = [done.get((method, budget, scale)) or row(method, budget, scale)[0] for scale in scales]
+    swept = [drawn for drawn, _ in measured.sweep(*sweep)] if sweep is not None else []
     return Benchmark(reference, rows, round_trip, swept)
 
 

@@ -350,6 +350,23 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+class MeasuredRows:
+    """Rows measured once per (sampler, NFE budget, guidance scale) by ``measure``: a guidance sweep
+    reuses the rows of the sampler grid instead of drawing them again."""
+
+    def __init__(self, measure: Callable):
+        self.measure, self.done = measure, {}
+
+    def __call__(self, method: str, budget: int, guidance: float):
+        key = (method, budget, guidance)
+        if key not in self.done:
+            self.done[key] = self.measure(*key)
+        return self.done[key]
+
+    def sweep(self, method: str, budget: int, scales: Sequence[float]) -> list:
+        return [self(method, budget, scale) for scale in scales]
+
+
 def draw_samples(
     module, labels: Tensor, method: str, steps: int, guidance: float, batch_size: int
 ) -> tuple[Tensor, int]:

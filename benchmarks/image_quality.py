@@ -39,6 +39,7 @@ from benchmarks.common import (  # noqa: E402
     COPY_HEADER,
     FD_REPEATS,
     Copies,
+    MeasuredRows,
     Reference,
     copies,
     copy_cells,
@@ -189,19 +190,16 @@ def run(
     """The sampler x NFE rows at ``guidance``, then the guidance sweep (``sweep_at``: sampler, NFE)."""
     num_classes = module.domain.num_classes
     labels = torch.arange(n_per_class * num_classes) % num_classes
-    done: dict[tuple[str, int, float], Row] = {}
 
-    def row(method: str, nfe: int, scale: float) -> Row:
-        key = (method, nfe, scale)
-        if key not in done:
-            done[key] = measure(module, reference, labels, method, nfe, scale, batch_size)
-            log(format_rows([done[key]], reference.floor)[-1])
-        return done[key]
+    def measured(method: str, nfe: int, scale: float) -> Row:
+        row = measure(module, reference, labels, method, nfe, scale, batch_size)
+        log(format_rows([row], reference.floor)[-1])
+        return row
 
+    rows = MeasuredRows(measured)
     log(format_rows([], reference.floor)[0])
-    grid = [row(method, nfe, guidance) for method in samplers for nfe in nfes]
-    swept = [row(*sweep_at, scale) for scale in sweep]
-    return grid, swept
+    grid = [rows(method, nfe, guidance) for method in samplers for nfe in nfes]
+    return grid, rows.sweep(*sweep_at, sweep)
 
 
 def format_rows(rows: Sequence[Row], floor: float) -> list[str]:

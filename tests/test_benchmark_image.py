@@ -214,3 +214,12 @@ def test_benchmark_end_to_end(tmp_path, capsys):
     assert text.count("dpmpp_2m, guidance 1, 20 NFE: misses") == 1
     assert all(math.isfinite(float(row.split(" | ")[6])) for row in rows)
     assert "| copies % (in / feat) | NN ratio (in / feat) |" in text and "- Memorisation" in text
+
+
+def test_measured_rows_draw_each_setting_once_and_a_sweep_reuses_the_grid():
+    calls = []
+    rows = common.MeasuredRows(lambda method, budget, guidance: calls.append((method, budget, guidance)) or len(calls))
+    grid = [rows(method, 10, 2.0) for method in ("unipc", "ddim")]
+    swept = rows.sweep("unipc", 10, [1.0, 2.0, 3.0])
+    assert grid == [1, 2] and swept == [3, 1, 4]
+    assert calls == [("unipc", 10, 2.0), ("ddim", 10, 2.0), ("unipc", 10, 1.0), ("unipc", 10, 3.0)]
