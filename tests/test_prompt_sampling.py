@@ -234,6 +234,7 @@ def test_sample_cli_prompt_errors(checkpoint, tmp_path, capsys):
     assert "holds no prompt" in error_of(capsys, [*base, f"prompts={empty}"])
     assert "is not a file" in error_of(capsys, [*base, f"prompts={tmp_path / 'missing.txt'}"])
     assert "not both" in error_of(capsys, [*base, "prompt=a one", f"prompts={empty}"])
+    assert 'takes prompts instead (prompt="...")' in error_of(capsys, [*base, "label=3"])
     plain = save_module(DiffusionModule(OmegaConf.to_container(tiny_image_config(), resolve=True)), tmp_path / "p.ckpt")
     assert "not trained with captions" in error_of(capsys, [f"ckpt={plain}", *base[1:], "prompt=a one"])
     assert not (tmp_path / "out").exists()

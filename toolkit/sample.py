@@ -173,12 +173,15 @@ def check_device(name: str) -> None:
         raise ValueError(f"device={name} is not supported; use cpu, cuda, cuda:N or mps")
 
 
-def resolve_label(value: str | None, class_names: list[str] | None, num_classes: int) -> int | None:
+def resolve_label(
+    value: str | None, class_names: list[str] | None, num_classes: int, takes_prompts: bool = False
+) -> int | None:
     """``label=`` as a class index: a class name of the model, else an index into its sorted names."""
     if value is None:
         return None
     if not num_classes:
-        raise ValueError(f"label={value} given but this checkpoint is unconditional (no classes); drop label=")
+        instead = ' and takes prompts instead (prompt="...")' if takes_prompts else ""
+        raise ValueError(f"label={value} given but this checkpoint is unconditional (no classes){instead}; drop label=")
     names = [str(name) for name in class_names or range(num_classes)]
     listing = ", ".join(name if name == str(index) else f"{name} ({index})" for index, name in enumerate(names))
     by_name = {name: index for index, name in enumerate(names)}
@@ -259,7 +262,7 @@ def run(args: dict) -> list[Path]:
     n = args["n"] if prompts is None else len(prompts)
     if args["seed"] + n - 1 > MAX_SEED:
         raise ValueError(f"seed={args['seed']} is too large for {n} samples: seed + samples - 1 must be <= {MAX_SEED}")
-    label = resolve_label(args["label"], domain.class_names, domain.num_classes)
+    label = resolve_label(args["label"], domain.class_names, domain.num_classes, domain.text_encoder is not None)
     if args["guidance"] is not None and not domain.num_classes and domain.text_encoder is None:
         raise ValueError(f"guidance={args['guidance']} given but this checkpoint is unconditional; drop guidance=")
     extra, shape = {}, None
