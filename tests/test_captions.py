@@ -17,6 +17,7 @@ from PIL import Image
 
 from toolkit.domains import pointcloud as pc
 from toolkit.domains.audio import DEFAULT_ROOT, AudioDomain
+from toolkit.domains.base import Domain
 from toolkit.domains.captions import (
     HELD_OUT_FILE,
     PARAPHRASES_FILE,
@@ -24,7 +25,6 @@ from toolkit.domains.captions import (
     read_captions,
     read_held_out,
     read_jsonl,
-    text_net_kwargs,
     write_jsonl,
 )
 from toolkit.domains.image import CAPTIONED_DIGITS_ROOT, ImageDomain
@@ -154,9 +154,16 @@ def test_held_out_files_are_left_out_and_may_not_also_be_captioned(tmp_path: Pat
         captions_of(root, files, LEARNED, "image", "images")
 
 
-def test_text_net_kwargs_only_when_captioned():
-    assert text_net_kwargs(None) == {}
-    assert text_net_kwargs(LEARNED) == {"text_encoder": LEARNED}
+def test_the_net_gets_the_text_encoder_only_when_captioned():
+    """``Domain.build_net_from`` hands the net its text encoder config only when one is set, so label
+    and unconditional nets are built exactly as before."""
+    domain = Domain()
+    assert domain.build_net_from({"_target_": "builtins.dict"}, in_channels=1) == {"in_channels": 1}
+    domain.text_encoder = LEARNED
+    assert domain.build_net_from({"_target_": "builtins.dict"}, in_channels=1) == {
+        "in_channels": 1,
+        "text_encoder": LEARNED,
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -342,12 +349,11 @@ def test_uncaptioned_defaults_ignore_the_shipped_captions():
 
 
 @pytest.mark.parametrize("make", [ImageDomain, AudioDomain, pc.PointCloudDomain])
-def test_the_net_gets_a_text_encoder_only_when_one_is_set(make):
+def test_the_net_gets_a_text_encoder_only_when_one_is_set(make, monkeypatch):
     given = []
+    monkeypatch.setattr("toolkit.domains.base.hydra.utils.instantiate", lambda config, **kwargs: given.append(kwargs))
     for text_encoder in (None, LEARNED):
-        domain = make(text_encoder=text_encoder)
-        domain.build_net_from = lambda config, sizes=None, **kwargs: given.append(kwargs)
-        domain.build_net()
+        make(text_encoder=text_encoder, net={"_target_": "unused"}).build_net()
     assert "text_encoder" not in given[0] and given[1]["text_encoder"] == LEARNED
 
 

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from toolkit import viz
 from toolkit.domains.base import Domain
-from toolkit.domains.captions import captions_of, text_net_kwargs
+from toolkit.domains.captions import captions_of
 from toolkit.domains.data import (
     TensorDictDataModule,
     check_class_names,
@@ -305,8 +305,7 @@ class AudioDomain(Domain):
 
     def build_net(self) -> nn.Module:
         sizes = {"n_mels": self.n_mels, "frames": self.frames}
-        given = {"in_channels": 1, "num_classes": self.num_classes, **text_net_kwargs(self.text_encoder)}
-        return self.build_net_from(self.net_cfg, sizes, **given)
+        return self.build_net_from(self.net_cfg, sizes, in_channels=1, num_classes=self.num_classes)
 
     # ----- output ----------------------------------------------------------------------------
 

@@ -72,13 +72,17 @@ class Domain:
         self, config: dict | DictConfig | None, sizes: dict[str, int] | None = None, **given
     ) -> nn.Module:
         """The network of ``config`` (a Hydra dict with ``_target_``) with the arguments only the
-        domain knows (``given``: channels, classes...). ``sizes`` (setting name -> sample size)
-        must be divisible by the network's ``size_multiple`` (its down-sampling)."""
+        domain knows (``given``: channels, classes...) and, for a domain trained on captions, its
+        ``text_encoder`` (not passed otherwise, so label and unconditional nets are built as before).
+        ``sizes`` (setting name -> sample size) must be divisible by the network's ``size_multiple``
+        (its down-sampling)."""
         if config is None:
             raise ValueError(
                 f"the {self.name} domain needs a net config (a dict with _target_, see conf/domain/{self.name}.yaml)"
             )
         config = OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else dict(config)
+        if self.text_encoder is not None:
+            given = {**given, "text_encoder": dict(self.text_encoder)}
         net = hydra.utils.instantiate(config, **given)
         multiple = getattr(net, "size_multiple", 1)
         sizes = sizes or {}

@@ -27,12 +27,6 @@ PARAPHRASES_FILE = "paraphrases.jsonl"
 REQUIRED_COLUMNS = ("file_name", "text")
 
 
-def text_net_kwargs(text_encoder: dict | None) -> dict:
-    """What a domain's ``build_net`` adds for text conditioning: the text encoder config, only when
-    it is set (so that label and unconditional nets are built exactly as before)."""
-    return {} if text_encoder is None else {"text_encoder": dict(text_encoder)}
-
-
 def metadata_file(root: str | Path) -> Path | None:
     """The metadata file of ``root`` (None when the folder is not captioned)."""
     found = [Path(root) / name for name in METADATA_FILES if (Path(root) / name).is_file()]

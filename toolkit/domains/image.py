@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from toolkit import viz
 from toolkit.domains.base import Domain
-from toolkit.domains.captions import captions_of, text_net_kwargs
+from toolkit.domains.captions import captions_of
 from toolkit.domains.data import (
     TensorDictDataModule,
     check_class_names,
@@ -349,8 +349,7 @@ class ImageDomain(Domain):
 
     def build_net(self) -> nn.Module:
         sizes = {"resolution": self.resolution}
-        given = {"in_channels": self.channels, "num_classes": self.num_classes, **text_net_kwargs(self.text_encoder)}
-        return self.build_net_from(self.net_cfg, sizes, **given)
+        return self.build_net_from(self.net_cfg, sizes, in_channels=self.channels, num_classes=self.num_classes)
 
     @property
     def picture_scale(self) -> int:

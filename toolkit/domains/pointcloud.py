@@ -48,7 +48,7 @@ from torch import Tensor, nn
 
 from toolkit import viz
 from toolkit.domains.base import Domain
-from toolkit.domains.captions import HELD_OUT_FILE, PARAPHRASES_FILE, captions_of, text_net_kwargs, write_jsonl
+from toolkit.domains.captions import HELD_OUT_FILE, PARAPHRASES_FILE, captions_of, write_jsonl
 from toolkit.domains.data import (
     NOTE_SUFFIXES,
     TensorDictDataModule,
@@ -776,7 +776,7 @@ class PointCloudDomain(Domain):
         return TensorDictDataModule(rows(self.split("train")), rows(self.split("val")), batch_size, num_workers, seed)
 
     def build_net(self) -> nn.Module:
-        return self.build_net_from(self.net_cfg, num_classes=self.num_classes, **text_net_kwargs(self.text_encoder))
+        return self.build_net_from(self.net_cfg, num_classes=self.num_classes)
 
     # -- output -----------------------------------------------------------------------------
 
