@@ -40,14 +40,19 @@ def save_untrained_checkpoint(path, overrides):
     return path
 
 
-# The time-series net at its smallest: what every tiny time-series run in the tests uses.
-TINY_TS_NET = [
-    "domain.net.channels=16",
-    "domain.net.layers=1",
-    "domain.net.heads=2",
-    "domain.net.time_emb_dim=16",
-    "domain.net.feature_emb_dim=4",
-]
+# The time-series net at its smallest: what every tiny time-series run in the tests uses, as config
+# keys and as Hydra overrides.
+TINY_TS_SIZES = {
+    "domain.net.channels": 16,
+    "domain.net.layers": 1,
+    "domain.net.heads": 2,
+    "domain.net.time_emb_dim": 16,
+    "domain.net.feature_emb_dim": 4,
+}
+TINY_TS_NET = [f"{key}={value}" for key, value in TINY_TS_SIZES.items()]
+# The imputer tests' model: the tiny net with a narrow feed-forward layer, 3 sampler steps, 16-step windows.
+IMPUTER_WINDOW = 16
+TINY_IMPUTER = {**TINY_TS_SIZES, "domain.net.ff_dim": 32, "sampler.steps": 3}
 
 TINY_IMAGE = [
     "domain.net.base_channels=16",

@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import IMPUTER_WINDOW as WINDOW
+from conftest import TINY_IMPUTER as TINY_NET
 from conftest import save_untrained_checkpoint
 from hydra import compose, initialize_config_dir
 from hypothesis import HealthCheck, given, settings
@@ -28,16 +30,6 @@ from toolkit.impute.stitching import window_seed
 from toolkit.module import load_module
 from toolkit.train import train
 
-WINDOW = 16
-TINY_NET = {
-    "domain.net.channels": 16,
-    "domain.net.layers": 1,
-    "domain.net.heads": 2,
-    "domain.net.time_emb_dim": 16,
-    "domain.net.feature_emb_dim": 4,
-    "domain.net.ff_dim": 32,
-    "sampler.steps": 3,
-}
 # As Hydra overrides: ff_dim is not in conf/domain/timeseries.yaml, so it is added with "+".
 HYDRA_TINY_NET = [f"{'+' if k.endswith('ff_dim') else ''}{k}={v}" for k, v in TINY_NET.items()]
 FAST = {"n_samples": 4, "steps": 2}

@@ -10,7 +10,8 @@ import sys
 import pandas as pd
 import pytest
 import torch
-from test_impute import TINY_NET, WINDOW
+from conftest import IMPUTER_WINDOW as WINDOW
+from conftest import TINY_IMPUTER as TINY_NET
 
 from toolkit.callbacks import ImputationCRPS, sample_crps, time_budget, trainer_arguments, training_callbacks
 from toolkit.domains.timeseries import synthetic_frames
