@@ -55,6 +55,18 @@ class CrossAttention(nn.Module):
         return x + self.out(attended.transpose(1, 2).reshape(b, -1, d))
 
 
+def text_conditioning(config: dict | None, emb_dim: int) -> tuple[nn.Module | None, nn.Module | None, int | None]:
+    """A net's text layers from a ``text_encoder`` config: the encoder, the zero-initialised projection
+    of the prompt's pooled vector onto the net's conditioning embedding (``emb_dim`` wide), and the
+    width of the token vectors to cross-attend to; all None without a config."""
+    if config is None:
+        return None, None, None
+    from toolkit.text.encoders import build_encoder
+
+    encoder = build_encoder(config)
+    return encoder, zero_init(nn.Linear(encoder.dim, emb_dim)), encoder.dim
+
+
 def encode_prompt(encoder: nn.Module | None, tokens: Tensor | None, batch: int, net: str):
     """A net's text conditioning: ``encoder(tokens)`` (sequence, mask, pooled), the empty prompt when
     ``tokens`` is None, or None for a net built without a text encoder (which then refuses tokens)."""

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from toolkit.nets.common import CrossAttention, encode_prompt, sinusoidal_embedding, zero_init
+from toolkit.nets.common import CrossAttention, encode_prompt, sinusoidal_embedding, text_conditioning, zero_init
 
 
 def modulate(h: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
@@ -114,13 +114,7 @@ class PointTransformer(nn.Module):
         self.point_embedding = nn.Sequential(nn.Linear(features, dim), nn.GELU(), nn.Linear(dim, dim))
         self.time_embedding = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.class_embedding = nn.Embedding(num_classes + 1, dim) if num_classes > 0 else None
-        self.text_encoder, context_dim = None, None
-        if text_encoder is not None:
-            from toolkit.text.encoders import build_encoder
-
-            self.text_encoder = build_encoder(text_encoder)
-            context_dim = self.text_encoder.dim
-            self.text_pooled = zero_init(nn.Linear(context_dim, dim))
+        self.text_encoder, self.text_pooled, context_dim = text_conditioning(text_encoder, dim)
         self.blocks = nn.ModuleList(
             PointBlock(dim, heads, mlp_ratio, dropout, num_latents, context_dim) for _ in range(depth)
         )

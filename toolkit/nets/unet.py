@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from toolkit.nets.common import CrossAttention, encode_prompt, sinusoidal_embedding, zero_init
+from toolkit.nets.common import CrossAttention, encode_prompt, sinusoidal_embedding, text_conditioning, zero_init
 
 
 class ResBlock(nn.Module):
@@ -166,13 +166,7 @@ class UNet(nn.Module):
         emb_dim = 4 * base_channels
         self.time_mlp = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.class_embedding = nn.Embedding(num_classes + 1, emb_dim) if num_classes > 0 else None
-        self.text_encoder, context_dim = None, None
-        if text_encoder is not None:
-            from toolkit.text.encoders import build_encoder
-
-            self.text_encoder = build_encoder(text_encoder)
-            context_dim = self.text_encoder.dim
-            self.text_pooled = zero_init(nn.Linear(context_dim, emb_dim))
+        self.text_encoder, self.text_pooled, context_dim = text_conditioning(text_encoder, emb_dim)
 
         self.input_conv = nn.Conv2d(in_channels, base_channels, 3, padding=1)
         self.down_levels = nn.ModuleList()
