@@ -39,14 +39,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import markdown_table, reproduce_command, stopwatch, write_results  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    classify,
+    fit_classifier,
+    markdown_table,
+    reproduce_command,
+    stopwatch,
+    write_results,
+)
 from benchmarks.image_quality import Split, train_classifier  # noqa: E402
-from toolkit.domains.captions import HELD_OUT_FILE, PARAPHRASES_FILE, read_captions  # noqa: E402
+from toolkit.domains.captions import HELD_OUT_FILE, PARAPHRASES_FILE, read_captions, read_held_out  # noqa: E402
 from toolkit.domains.data import split_indices  # noqa: E402
 from toolkit.domains.image import CAPTIONED_DIGITS_ROOT, load_digits_images  # noqa: E402
+from toolkit.domains.pointcloud import CAPTION_WORDS, PROCEDURAL_CLASSES  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "prompts.md"  # prompts_<domain>.md
 REPO = Path(__file__).resolve().parent.parent
@@ -133,7 +142,8 @@ class DigitJudge:
         self.ink_median = np.array([np.median(ink[digits == d]) for d in range(10)])
         self.shear_median = np.array([np.median(slant[digits == d]) for d in range(10)])
         self.shear_terciles = np.array([np.quantile(slant[digits == d], [1 / 3, 2 / 3]) for d in range(10)])
-        self.real = self.real_with_captions(module.domain.root or CAPTIONED_DIGITS_ROOT)
+        self.root = Path(module.domain.root or CAPTIONED_DIGITS_ROOT)
+        self.real = self.real_with_captions(self.root)
 
     @staticmethod
     def real_with_captions(root: Path, count: int = 300) -> tuple[np.ndarray, list[Prompt]]:
@@ -189,7 +199,223 @@ class DigitJudge:
         )
 
 
-JUDGES = {judge.domain: judge for judge in (DigitJudge,)}  # audio and point clouds: not yet
+# --- point clouds -------------------------------------------------------------------------------
+
+EXTENT_QUANTILE = 0.01  # extents from the 1-99% quantiles: a few stray points do not stretch a shape
+
+
+def cloud_bounds(points: np.ndarray) -> np.ndarray:
+    """Robust lower and upper bounds [2, 3] of a cloud [N, 3] (y up)."""
+    return np.quantile(points, [EXTENT_QUANTILE, 1 - EXTENT_QUANTILE], axis=0)
+
+
+def horizontal_distance(points: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """Each point's distance from the vertical axis through ``centre`` (x, z)."""
+    return np.linalg.norm(points[:, [0, 2]] - centre, axis=1)
+
+
+def height_ratio(points: np.ndarray) -> float:
+    """The captions' height: the cloud's height over its larger horizontal side."""
+    low, high = cloud_bounds(points)
+    extent = high - low
+    return float(extent[1] / max(extent[0], extent[2]))
+
+
+def width_ratio(points: np.ndarray, shape: str) -> float:
+    """The captions' width: a lamp's shade diameter over its height (the radius that 95% of the upper
+    half's points lie within, around the median axis); an airplane's span (z) over its length (x)."""
+    low, high = cloud_bounds(points)
+    if shape == "airplane":
+        return float((high[2] - low[2]) / (high[0] - low[0]))
+    if shape != "lamp":
+        raise ValueError(f"only lamps and airplanes have a width in the captions, not {shape!r}")
+    height = high[1] - low[1]
+    upper = points[points[:, 1] >= low[1] + height / 2]
+    radius = np.quantile(horizontal_distance(upper, np.median(points[:, [0, 2]], axis=0)), 0.95)
+    return float(2 * radius / height)
+
+
+def armrest_share(points: np.ndarray) -> float:
+    """A chair's share of points above the seat (the densest height) away from the back: only armrests."""
+    low, high = cloud_bounds(points)
+    height = high[1] - low[1]
+    counts, edges = np.histogram(points[:, 1], bins=30, range=(low[1], high[1]))
+    above = points[points[:, 1] > edges[counts.argmax() + 1] + 0.075 * height]
+    if len(above) == 0:
+        return 0.0
+    back = np.median(above[:, 2])
+    return float(np.sum(np.abs(above[:, 2] - back) > 0.3 * (high[2] - low[2])) / len(points))
+
+
+def leg_spread(points: np.ndarray) -> float:
+    """A table's median distance from the axis between 20% and 70% of its height, over the top's radius:
+    small for one central pole, near 1 for four legs at the corners."""
+    low, high = cloud_bounds(points)
+    height = high[1] - low[1]
+    distance = horizontal_distance(points, np.median(points[:, [0, 2]], axis=0))
+    band = (points[:, 1] > low[1] + 0.2 * height) & (points[:, 1] < low[1] + 0.7 * height)
+    return float(np.median(distance[band]) / np.quantile(distance, 1 - EXTENT_QUANTILE)) if band.any() else 1.0
+
+
+def engine_share(points: np.ndarray) -> float:
+    """An airplane's share of points out on the wings (beyond 15% of the span from the middle) and
+    below the wings' plane (their median height) by more than 2.5% of the span: only engines."""
+    low, high = cloud_bounds(points)
+    span = high[2] - low[2]
+    outboard = np.abs(points[:, 2] - (low[2] + high[2]) / 2) > 0.15 * span
+    if not outboard.any():
+        return 0.0
+    wings = np.median(points[outboard, 1])
+    return float(np.mean(outboard & (points[:, 1] < wings - 0.025 * span)))
+
+
+def handle_share(points: np.ndarray) -> float:
+    """A mug's share of points beyond 1.1 body radii from its axis (the handle sticks out along x; the
+    body's radius is half its depth along z, its axis that radius in from the far side)."""
+    low, high = cloud_bounds(points)
+    radius = (high[2] - low[2]) / 2
+    centre = np.array([low[0] + radius, (low[2] + high[2]) / 2])
+    return float(np.mean(horizontal_distance(points, centre) > 1.1 * radius))
+
+
+# shape -> (the part named when the measure passes its threshold, otherwise, measure, threshold, below)
+PART_MEASURES = {
+    "chair": ("armrests", "no armrests", armrest_share, 0.01, False),
+    "table": ("round", "four legs", leg_spread, 0.45, True),
+    "airplane": ("engines", "no engines", engine_share, 0.01, False),
+    "mug": ("handle", "no handle", handle_share, 0.005, False),
+}
+
+
+def shape_part(points: np.ndarray, shape: str) -> str:
+    """The part a cloud of ``shape`` shows, in the captions' words ("" for a lamp, which has none)."""
+    if shape not in PART_MEASURES:
+        return ""
+    named, other, measure, threshold, below = PART_MEASURES[shape]
+    value = measure(points)
+    return named if (value < threshold if below else value > threshold) else other
+
+
+class PointClassifier(nn.Module):
+    """A small PointNet: a shared per-point MLP, max and mean pooled, then a linear head."""
+
+    def __init__(self, num_classes: int, width: int = 64):
+        super().__init__()
+        self.per_point = nn.Sequential(
+            nn.Linear(3, width), nn.ReLU(), nn.Linear(width, 2 * width), nn.ReLU(), nn.Linear(2 * width, 2 * width)
+        )
+        self.mix = nn.Sequential(nn.Linear(4 * width, 2 * width), nn.ReLU())
+        self.head = nn.Linear(2 * width, num_classes)
+
+    def features(self, points: torch.Tensor) -> torch.Tensor:
+        per_point = self.per_point(points)
+        return self.mix(torch.cat([per_point.amax(dim=1), per_point.mean(dim=1)], dim=1))
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(points))
+
+
+def jitter_points(points: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Training augmentation: 0.01 Gaussian noise per coordinate, so that fuzzy samples read as shapes."""
+    return points + 0.01 * torch.randn(points.shape, generator=generator)
+
+
+class PointCloudJudge:
+    """Point clouds: the shape class by a PointNet trained (seeded) on real clouds of the captioned
+    procedural set; height and width measured as the captions measured the meshes (robust 1-99% extents)
+    and each a binary check against the class median over the real clouds; the part by geometry (chair
+    armrests above the seat, table pole or legs, engines below the wings, mug handle beyond the body)."""
+
+    domain = "pointcloud"
+    key = "shape"
+    attributes = ("shape", "height", "width", "part")
+    binary = ("height", "width", "part")
+    columns = attributes
+    checkpoint = "runs/pointcloud/<time>/checkpoints/last.ckpt"
+    class_names = PROCEDURAL_CLASSES  # the label model's classes, in its (sorted folder) order
+    held_out_fraction = 0.2  # of the real clouds, kept from the classifier: the ceiling is judged on them
+
+    def __init__(self, module, epochs: int, seed: int):
+        domain = module.domain
+        self.root = domain.source_dir()
+        rows = {**read_captions(self.root), **read_held_out(self.root)}
+        missing = [name for name in self.attributes if any(name not in row for row in rows.values())]
+        if missing:
+            raise ValueError(
+                f"{self.root}: captions lack the column(s) {missing}; this judge needs the captioned procedural set "
+                "(domain.source=procedural_captioned), whose captions name shape, height, width and part"
+            )
+        names = sorted(rows)
+        self.prompts = [Prompt(rows[n]["text"], {a: str(rows[n][a]) for a in self.attributes}) for n in names]
+        self.points = domain.normalise(np.stack([domain.read_cloud(self.root, self.root / n) for n in names]))
+        labels = torch.tensor([self.class_of(p) for p in self.prompts])
+        train, held_out = split_indices(len(labels), self.held_out_fraction, seed, labels)
+        inputs = torch.from_numpy(self.points).float()
+        model = PointClassifier(len(self.class_names))
+        self.classifier = fit_classifier(model, inputs[train], labels[train], epochs, 32, 3e-3, seed, jitter_points)
+        self.classifier_accuracy = float((self.read(inputs[held_out]) == labels[held_out].numpy()).mean())
+        shapes = np.array([p["shape"] for p in self.prompts])
+        self.medians = {
+            (name, shape): float(np.median([measure(c) for c in self.points[shapes == shape]]))
+            for shape in self.class_names
+            for name, measure in self.measures(shape).items()
+        }
+        self.real = (self.points[held_out.numpy()], [self.prompts[i] for i in held_out.tolist()])
+
+    @staticmethod
+    def measures(shape: str) -> dict:
+        """The binary proportions a caption of ``shape`` may name, each as a function of a cloud."""
+        found = {} if shape == "airplane" else {"height": height_ratio}
+        if shape in ("lamp", "airplane"):
+            found["width"] = lambda points: width_ratio(points, shape)
+        return found
+
+    def read(self, inputs: torch.Tensor) -> np.ndarray:
+        return classify(self.classifier, inputs.float())[0]
+
+    def classes(self, x: torch.Tensor) -> np.ndarray:
+        """The class index (in ``class_names`` order) the classifier reads in each cloud of ``x``."""
+        return self.read(x.detach().cpu())
+
+    def class_of(self, prompt: Prompt) -> int:
+        if prompt["shape"] not in self.class_names:
+            raise ValueError(f"unknown shape {prompt['shape']!r} in {prompt.text!r}; known: {self.class_names}")
+        return self.class_names.index(prompt["shape"])
+
+    def judge(self, x: torch.Tensor, prompts: Sequence[Prompt]) -> dict[str, list[bool]]:
+        """Per attribute, one pass/fail per sample that names it (``x`` in model space; every measure is a
+        ratio of lengths, so any normalisation's frame serves)."""
+        return self.judge_points(x.detach().cpu().double().numpy(), prompts)
+
+    def judge_points(self, points: np.ndarray, prompts: Sequence[Prompt]) -> dict[str, list[bool]]:
+        read = self.read(torch.from_numpy(np.asarray(points)))
+        results: dict[str, list[bool]] = {name: [] for name in self.columns}
+        words = {"height": CAPTION_WORDS["height"][1], "width": CAPTION_WORDS["width"][1]}
+        for cloud, classified, p in zip(points, read, prompts, strict=True):
+            shape = p["shape"]
+            results["shape"].append(bool(classified == self.class_of(p)))
+            for name, measure in self.measures(shape).items():
+                if p[name]:
+                    results[name].append(bool((measure(cloud) > self.medians[name, shape]) == (p[name] == words[name])))
+            if p["part"]:
+                results["part"].append(shape_part(cloud, shape) == p["part"])
+        return results
+
+    def ceiling(self) -> dict[str, list[bool]]:
+        """The judge on the real clouds the classifier did not train on, against their own captions."""
+        return self.judge_points(*self.real)
+
+    def description(self) -> str:
+        return (
+            f"a PointNet at {100 * self.classifier_accuracy:.1f}% on held-out real clouds reads the shape; height "
+            "(height over the larger horizontal side) and width (lamp shade diameter over height, airplane span "
+            "over length), from 1-99% extents, against each class's median over the real clouds (binary; chance "
+            "50%); part by geometry (armrests above the seat, one pole or four legs, engines below the wings, a "
+            "handle beyond the mug's body)"
+        )
+
+
+JUDGES = {judge.domain: judge for judge in (DigitJudge, PointCloudJudge)}  # audio: not yet
 
 
 @dataclass
@@ -299,7 +525,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
             parser.error(f"--label-ckpt is a {label_module.domain.name} model; give a {module.domain.name} one")
         judge = judge_class(module, args.classifier_epochs, args.seed)
         print(judge.description())
-        sets = prompt_sets(Path(module.domain.root or CAPTIONED_DIGITS_ROOT), judge.attributes)
+        sets = prompt_sets(judge.root, judge.attributes)
         rows = run(module, label_module, judge, sets, args.per_prompt, args.guidance, args.batch_size)
     sampler = module.config["sampler"]
     header = ["model", "prompts", "guidance", "samples", *(f"{c} %" for c in judge.columns), "ms / sample"]

@@ -740,31 +740,34 @@ class PointCloudDomain(Domain):
         captions = captions_of(root, paths, self.text_encoder, self.name, "shape files")
         paths, file_labels, texts = keep_captioned(paths, file_labels, captions)
         files = list(zip(paths, file_labels, strict=True))
-        raw = np.stack(
-            [
-                read_points(
-                    f, self.num_points, path_seed(self.seed, f.relative_to(root).as_posix()), self.repeat_points
-                )
-                for f, _ in files
-            ]
-        )
+        raw = np.stack([self.read_cloud(root, f) for f, _ in files])
         labels = torch.tensor([label for _, label in files], dtype=torch.long)
         # numpy's permutations, as before this split was shared: the checkpoints' splits stay the same
         permutation = np.random.default_rng(self.seed).permutation
         train, val = split_indices(len(labels), self.val_fraction, self.seed, labels, permutation)
-        if self.normalization == "global":
-            if self.global_scale is None:
-                self.global_centre, self.global_scale = fit_global_frame(raw[train.numpy()])
-            normalised = (raw - self.global_centre) / self.global_scale
-        else:
-            normalised = normalize_shapes(raw, self.normalization)
-        points = torch.from_numpy(normalised.astype(np.float32))
+        if self.normalization == "global" and self.global_scale is None:
+            self.global_centre, self.global_scale = fit_global_frame(raw[train.numpy()])
+        points = torch.from_numpy(self.normalise(raw).astype(np.float32))
 
         def subset(index: Tensor) -> PointSet:
             captions = None if texts is None else [texts[i] for i in index.tolist()]
             return PointSet(points[index], labels[index], captions)
 
         return {"train": subset(train), "val": subset(val)}
+
+    def read_cloud(self, root: Path, file: Path) -> np.ndarray:
+        """One file of ``root`` as read for training: ``num_points`` points [N, 3], seeded by its path."""
+        return read_points(
+            file, self.num_points, path_seed(self.seed, file.relative_to(root).as_posix()), self.repeat_points
+        )
+
+    def normalise(self, raw: np.ndarray) -> np.ndarray:
+        """Clouds [n, N, 3] as read -> model space: per shape, or in the training set's frame for ``global``."""
+        if self.normalization != "global":
+            return normalize_shapes(raw, self.normalization)
+        if self.global_scale is None:
+            self.split("train")
+        return (raw - self.global_centre) / self.global_scale
 
     def datamodule(self, batch_size: int, num_workers: int = 0, seed: int = 0) -> TensorDictDataModule:
         def rows(split: PointSet) -> dict[str, Tensor]:
