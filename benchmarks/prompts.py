@@ -7,8 +7,12 @@ Each sample is measured the way its caption was made, by a judge per domain (``J
   training split; the weight by ink mass and the slant by the shear of the ink's moments, each a binary
   check against the median of real images of that digit; "upright" prompts pass within the caption's
   middle third of shear;
-- audio and point clouds: no judge yet (see README: the audio captions' pitch does not follow the
-  measured F0 of the clips, so it cannot be judged as captioned).
+- point clouds (``experiment=pointcloud_prompts``; captions "a tall lamp with a wide shade" from the
+  captioned procedural set, ``toolkit.domains.pointcloud.procedural_captions``): the shape by a small PointNet
+  trained (seeded) on real clouds; height and width by the captions' own ratios from robust (1-99%) extents,
+  each a binary check against the class median over the real clouds; the part by geometry;
+- audio: no judge yet (see README: the audio captions' pitch does not follow the measured F0 of the clips,
+  so it cannot be judged as captioned).
 
 The first row judges real data against its own captions: how far the judge agrees with the captions.
 Prompt sets: training-style (one caption per attribute combination seen in training, in its training
@@ -497,7 +501,7 @@ def verdicts(rows: Sequence[Row], judge) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> Path:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ckpt", type=Path, required=True, help="checkpoint of experiment=image_prompts")
+    parser.add_argument("--ckpt", type=Path, required=True, help="checkpoint of experiment=<domain>_prompts")
     parser.add_argument("--label-ckpt", type=Path, help="a class-label checkpoint of the same domain to compare with")
     parser.add_argument("--per-prompt", type=int, default=4, help="samples per prompt (seeds 0..)")
     parser.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0, 4.0])
