@@ -7,8 +7,13 @@ Each sample is measured the way its caption was made, by a judge per domain (``J
   training split; the weight by ink mass and the slant by the shear of the ink's moments, each a binary
   check against the median of real images of that digit; "upright" prompts pass within the caption's
   middle third of shear;
-- audio and point clouds: no judge yet (see README: the audio captions' pitch does not follow the
-  measured F0 of the clips, so it cannot be judged as captioned).
+- audio (``experiment=audio_prompts``; captions "seven, spoken slowly in a high female voice" from
+  data/audio/make_captions.py), on the log-mel spectrograms themselves: the word by a CNN trained (seeded)
+  on the real clips' training split; the voice and the pitch by a second CNN trained on the same clips to
+  tell male / female and F0 below / above the median of that voice (the measured F0 the captions' pitch
+  thirds come from); the speed by the speech duration (frames within 45 dB of the loudest frame) against
+  the median over the real clips of that word;
+- point clouds: no judge yet.
 
 The first row judges real data against its own captions: how far the judge agrees with the captions.
 Prompt sets: training-style (one caption per attribute combination seen in training, in its training
@@ -42,10 +47,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import audio_quality  # noqa: E402
 from benchmarks.common import markdown_table, reproduce_command, stopwatch, write_results  # noqa: E402
 from benchmarks.image_quality import Split, train_classifier  # noqa: E402
-from toolkit.domains.captions import HELD_OUT_FILE, PARAPHRASES_FILE, read_captions  # noqa: E402
-from toolkit.domains.data import split_indices  # noqa: E402
+from toolkit.domains.audio import DEFAULT_ROOT as SPOKEN_DIGITS_ROOT  # noqa: E402
+from toolkit.domains.audio import SUPPORTED_SUFFIXES, fit_length, load_audio  # noqa: E402
+from toolkit.domains.captions import HELD_OUT_FILE, PARAPHRASES_FILE, read_captions, read_held_out  # noqa: E402
+from toolkit.domains.data import scan_class_folders, split_indices  # noqa: E402
 from toolkit.domains.image import CAPTIONED_DIGITS_ROOT, load_digits_images  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "prompts.md"  # prompts_<domain>.md
@@ -118,6 +126,7 @@ class DigitJudge:
     binary = ("weight", "slant")
     columns = ("digit", "weight", "slant", "upright")
     checkpoint = "runs/image/<time>/checkpoints/last.ckpt"
+    default_root = CAPTIONED_DIGITS_ROOT  # the prompt sets' folder when the domain's root is null
 
     def __init__(self, module, epochs: int, seed: int):
         script = caption_measures()
@@ -133,7 +142,7 @@ class DigitJudge:
         self.ink_median = np.array([np.median(ink[digits == d]) for d in range(10)])
         self.shear_median = np.array([np.median(slant[digits == d]) for d in range(10)])
         self.shear_terciles = np.array([np.quantile(slant[digits == d], [1 / 3, 2 / 3]) for d in range(10)])
-        self.real = self.real_with_captions(module.domain.root or CAPTIONED_DIGITS_ROOT)
+        self.real = self.real_with_captions(module.domain.root or self.default_root)
 
     @staticmethod
     def real_with_captions(root: Path, count: int = 300) -> tuple[np.ndarray, list[Prompt]]:
@@ -189,7 +198,128 @@ class DigitJudge:
         )
 
 
-JUDGES = {judge.domain: judge for judge in (DigitJudge,)}  # audio and point clouds: not yet
+def speech_ms(x: torch.Tensor, domain, floor_db: float) -> np.ndarray:
+    """The speech duration (ms) of each log-mel of ``x`` [n, 1, n_mels, frames] (model space, clipped to
+    [-1, 1] as the domain reads it): the frames whose mel power lies within ``floor_db`` of the loudest
+    frame of that clip, times the hop."""
+    power = domain.mel_power(x).sum(dim=1)
+    level = 10 * torch.log10(power)
+    speech = level > level.amax(dim=1, keepdim=True) - floor_db
+    return speech.sum(dim=1).numpy() * 1000 * domain.hop_length / domain.sample_rate
+
+
+@torch.no_grad()
+def probabilities(classifier: torch.nn.Module, x: torch.Tensor, batch_size: int = 500) -> np.ndarray:
+    """Softmax of ``classifier`` over ``x`` in batches, [n, classes]."""
+    return torch.cat([classifier(chunk).softmax(dim=1) for chunk in x.split(batch_size)]).numpy()
+
+
+class AudioJudge:
+    """Audio, on the log-mel spectrograms (model space): the word by a CNN trained on the real clips'
+    training split; voice and pitch by a CNN trained on the same clips to tell the four classes male /
+    female x F0 below / above the median F0 of that voice (``f0_hz``, the measure the captions' pitch
+    thirds were cut from; the prompt's pitch passes on the side it names); speed by the speech duration
+    against the median duration of the real clips of that word (the captions cut thirds of it per word).
+    The ceiling row judges the judge's held-out real clips against their own captions."""
+
+    domain = "audio"
+    key = "word"
+    attributes = ("word", "voice", "pitch", "speed")
+    binary = ("voice", "pitch", "speed")
+    columns = ("word", "voice", "pitch", "speed")
+    checkpoint = "runs/audio/<time>/checkpoints/last.ckpt"
+    default_root = SPOKEN_DIGITS_ROOT
+    voices = ("male", "female")
+    held_out_fraction = 0.25
+    speech_floor_db = 45.0  # as the clips' trimming (data/audio/README.md)
+
+    def __init__(self, module, epochs: int, seed: int):
+        self.domain_ = module.domain
+        root = Path(module.domain.root or self.default_root)
+        self.class_names = scan_class_folders(root, SUPPORTED_SUFFIXES, True, what="audio files")[2]
+        rows = {**read_captions(root), **read_held_out(root)}
+        names = sorted(rows)
+        x = self.encode_files(root, names)
+        prompts = [Prompt(rows[n]["text"], {a: str(rows[n][a]) for a in self.attributes}) for n in names]
+        words = torch.tensor([self.class_of(p) for p in prompts])
+        voice_pitch = torch.tensor(self.voice_pitch_classes(rows, names))
+        train, held_out = split_indices(len(names), self.held_out_fraction, seed, labels=words)
+        fit = audio_quality.train_classifier
+        self.word_classifier = fit(x[train], words[train], len(self.class_names), epochs, seed=seed)
+        self.voice_pitch_classifier = fit(x[train], voice_pitch[train], 2 * len(self.voices), epochs, seed=seed)
+        durations = speech_ms(x, self.domain_, self.speech_floor_db)
+        word_of = np.array([p["word"] for p in prompts])
+        self.median_ms = {word: float(np.median(durations[word_of == word])) for word in set(word_of)}
+        self.real = (x[held_out], [prompts[i] for i in held_out.tolist()])
+        voice_read, above_read = self.read_voice_pitch(x[held_out])
+        self.accuracy = {
+            "word": float((self.classes(x[held_out]) == words[held_out].numpy()).mean()),
+            "voice": float((voice_read == voice_pitch[held_out].numpy() // 2).mean()),
+            "F0 side": float((above_read == voice_pitch[held_out].numpy() % 2).mean()),
+        }
+
+    def encode_files(self, root: Path, names: Sequence[str]) -> torch.Tensor:
+        """The clips ``names`` under ``root`` as the domain's log-mels [n, 1, n_mels, frames]."""
+        domain = self.domain_
+        waves = [
+            fit_length(torch.from_numpy(load_audio(root / n, domain.sample_rate)), domain.clip_samples) for n in names
+        ]
+        return torch.cat([domain.encode(chunk) for chunk in torch.stack(waves).split(64)])
+
+    def voice_pitch_classes(self, rows: dict[str, dict], names: Sequence[str]) -> list[int]:
+        """Per clip: 2 * voice (0 male, 1 female) + (its measured F0 above its voice's median)."""
+        if any("f0_hz" not in rows[n] for n in names):
+            raise ValueError("the captions have no f0_hz column; rebuild them with data/audio/make_captions.py")
+        voice = np.array([self.voices.index(rows[n]["voice"]) for n in names])
+        f0 = np.array([float(rows[n]["f0_hz"]) for n in names])
+        medians = np.array([np.median(f0[voice == v]) for v in range(len(self.voices))])
+        return (2 * voice + (f0 > medians[voice])).tolist()
+
+    def read_voice_pitch(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """The voice (0 male, 1 female) and whether F0 is above the voice's median, each by the classifier's
+        summed probability over the other attribute."""
+        p = probabilities(self.voice_pitch_classifier, x.clamp(-1, 1)).reshape(-1, len(self.voices), 2)
+        return p.sum(axis=2).argmax(axis=1), p.sum(axis=1).argmax(axis=1)
+
+    def classes(self, x: torch.Tensor) -> np.ndarray:
+        """The word the classifier reads in each log-mel, as the index of its class folder (the label model's)."""
+        return probabilities(self.word_classifier, x.clamp(-1, 1)).argmax(axis=1)
+
+    def class_of(self, prompt: Prompt) -> int:
+        return self.class_names.index(prompt["word"])
+
+    def judge(self, x: torch.Tensor, prompts: Sequence[Prompt]) -> dict[str, list[bool]]:
+        """Per attribute, one pass/fail per sample that names it (``x`` in model space)."""
+        words, (voices, above) = self.classes(x), self.read_voice_pitch(x)
+        durations = speech_ms(x, self.domain_, self.speech_floor_db)
+        results: dict[str, list[bool]] = {name: [] for name in self.columns}
+        for i, p in enumerate(prompts):
+            results["word"].append(bool(words[i] == self.class_of(p)))
+            if p["voice"]:
+                results["voice"].append(bool(self.voices[voices[i]] == p["voice"]))
+            if p["pitch"]:
+                results["pitch"].append(bool(above[i] == (p["pitch"] == "high")))
+            if p["speed"]:
+                median = self.median_ms[p["word"]]
+                results["speed"].append(bool(durations[i] < median if p["speed"] == "fast" else durations[i] > median))
+        return results
+
+    def ceiling(self) -> dict[str, list[bool]]:
+        """The judge on its held-out real clips against their own captions."""
+        return self.judge(*self.real)
+
+    def description(self) -> str:
+        accuracy = self.accuracy
+        return (
+            f"on {len(self.real[1])} held-out real clips, a CNN reads the word at {100 * accuracy['word']:.1f}% and "
+            f"a second one the voice at {100 * accuracy['voice']:.1f}% and the side of the voice's median F0 at "
+            f"{100 * accuracy['F0 side']:.1f}% (binary; chance 50%); pitch passes on the side the prompt names; "
+            f"speed by the speech duration (frames within {self.speech_floor_db:g} dB of the loudest) against the "
+            "word's median over the real clips (binary; chance 50%)"
+        )
+
+
+JUDGES = {judge.domain: judge for judge in (DigitJudge, AudioJudge)}  # point clouds: not yet
 
 
 @dataclass
@@ -271,7 +401,9 @@ def verdicts(rows: Sequence[Row], judge) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> Path:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ckpt", type=Path, required=True, help="checkpoint of experiment=image_prompts")
+    parser.add_argument(
+        "--ckpt", type=Path, required=True, help="checkpoint of experiment=image_prompts or audio_prompts"
+    )
     parser.add_argument("--label-ckpt", type=Path, help="a class-label checkpoint of the same domain to compare with")
     parser.add_argument("--per-prompt", type=int, default=4, help="samples per prompt (seeds 0..)")
     parser.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0, 4.0])
@@ -299,7 +431,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
             parser.error(f"--label-ckpt is a {label_module.domain.name} model; give a {module.domain.name} one")
         judge = judge_class(module, args.classifier_epochs, args.seed)
         print(judge.description())
-        sets = prompt_sets(Path(module.domain.root or CAPTIONED_DIGITS_ROOT), judge.attributes)
+        sets = prompt_sets(Path(module.domain.root or judge_class.default_root), judge.attributes)
         rows = run(module, label_module, judge, sets, args.per_prompt, args.guidance, args.batch_size)
     sampler = module.config["sampler"]
     header = ["model", "prompts", "guidance", "samples", *(f"{c} %" for c in judge.columns), "ms / sample"]
