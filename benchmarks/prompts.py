@@ -89,7 +89,8 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def prompt_sets(root: Path, names: Sequence[str]) -> dict[str, list[Prompt]]:
-    """The three sets over the attributes ``names``, each prompt once, in a fixed order."""
+    """The three sets over the attributes ``names``, each prompt once, in a fixed order. Paraphrases are
+    kept for the combinations trained on (a combination no clip happens to have is not a paraphrase)."""
 
     def prompt(row: dict) -> Prompt:
         return Prompt(row["text"], {name: str(row[name]) for name in names})
@@ -106,7 +107,11 @@ def prompt_sets(root: Path, names: Sequence[str]) -> dict[str, list[Prompt]]:
     return {
         "training-style": unique(training.values()),
         "held-out combinations": unique(read_jsonl(root / HELD_OUT_FILE)),
-        "paraphrases": unique(row for row in read_jsonl(root / PARAPHRASES_FILE) if not row["held_out"]),
+        "paraphrases": unique(
+            row
+            for row in read_jsonl(root / PARAPHRASES_FILE)
+            if not row["held_out"] and tuple(str(row[n]) for n in names) in training
+        ),
     }
 
 
@@ -266,13 +271,17 @@ class AudioJudge:
         ]
         return torch.cat([domain.encode(chunk) for chunk in torch.stack(waves).split(64)])
 
-    def voice_pitch_classes(self, rows: dict[str, dict], names: Sequence[str]) -> list[int]:
-        """Per clip: 2 * voice (0 male, 1 female) + (its measured F0 above its voice's median)."""
-        if any("f0_hz" not in rows[n] for n in names):
-            raise ValueError("the captions have no f0_hz column; rebuild them with data/audio/make_captions.py")
-        voice = np.array([self.voices.index(rows[n]["voice"]) for n in names])
+    @classmethod
+    def voice_pitch_classes(cls, rows: dict[str, dict], names: Sequence[str]) -> list[int]:
+        """Per clip: 2 * voice (0 male, 1 female) + (its measured F0 above its voice's median). The clip's
+        voice is ``clip_voice``: ``voice`` is what the caption names, "" where it names none."""
+        if any("f0_hz" not in rows[n] or "clip_voice" not in rows[n] for n in names):
+            raise ValueError(
+                "the captions have no f0_hz or clip_voice column; rebuild them with data/audio/make_captions.py"
+            )
+        voice = np.array([cls.voices.index(rows[n]["clip_voice"]) for n in names])
         f0 = np.array([float(rows[n]["f0_hz"]) for n in names])
-        medians = np.array([np.median(f0[voice == v]) for v in range(len(self.voices))])
+        medians = np.array([np.median(f0[voice == v]) for v in range(len(cls.voices))])
         return (2 * voice + (f0 > medians[voice])).tolist()
 
     def read_voice_pitch(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

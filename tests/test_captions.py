@@ -334,11 +334,15 @@ def test_shipped_spoken_digit_captions_cover_every_clip_and_hold_out_their_combi
     male = {f"m{i}" for i in range(1, 9)} | {"Alex", "david", "max"}
     for name, row in captions.items():
         assert row["word"] in row["text"] and row["word"] == manifest[name]["word"]
-        assert row["voice"] == ("male" if manifest[name]["variant"] in male else "female")
+        assert row["clip_voice"] == ("male" if manifest[name]["variant"] in male else "female")
+        assert row["voice"] in (row["clip_voice"], "")
+        assert bool(row["voice"]) == any(w in row["text"].split() for w in ("male", "female", "man", "woman"))
         assert row["speech_ms"] == manifest[name]["speech_ms"]
     assert "seven, spoken slowly in a high female voice" in {
         r["text"] for r in [*captions.values(), *held_out.values()]
     }
+    assert all(r["voice"] for r in held_out.values())  # held-out prompts name the whole combination
+    assert not {r["text"] for r in held_out.values()} & {r["text"] for r in captions.values()}
     paraphrases = [row for _, row in read_jsonl(DEFAULT_ROOT / PARAPHRASES_FILE)]
     assert not {r["text"] for r in paraphrases} & {r["text"] for r in captions.values()}
 
@@ -351,14 +355,14 @@ def test_shipped_spoken_digit_pitch_words_are_thirds_of_the_measured_f0_within_t
     rows = shipped_spoken_digit_rows()
     assert len(rows) == 800
     for voice in ("male", "female"):
-        members = [r for r in rows if r["voice"] == voice]
+        members = [r for r in rows if r["clip_voice"] == voice]
         f0 = np.array([float(r["f0_hz"]) for r in members])
         low, high = np.quantile(f0, [1 / 3, 2 / 3])
         assert [r["pitch"] for r in members] == ["low" if v < low else "high" if v > high else "" for v in f0]
         counts = [sum(r["pitch"] == p for r in members) for p in ("low", "", "high")]
         assert min(counts) > len(members) / 3 - 10
-    male_f0 = [float(r["f0_hz"]) for r in rows if r["voice"] == "male"]
-    female_f0 = [float(r["f0_hz"]) for r in rows if r["voice"] == "female"]
+    male_f0 = [float(r["f0_hz"]) for r in rows if r["clip_voice"] == "male"]
+    female_f0 = [float(r["f0_hz"]) for r in rows if r["clip_voice"] == "female"]
     assert np.median(male_f0) < 100 < 150 < np.median(female_f0)
 
 

@@ -80,6 +80,7 @@ def caption(template: int, word: str, voice: str, pitch: str, speed: str) -> str
 
 
 TEMPLATES = 4
+VOICELESS_TEMPLATE = 3  # names no voice; held-out clips use the others, so their prompts name the whole combination
 F0_RANGE_HZ = (40.0, 400.0)  # the shipped clips measure about 50-320 Hz
 F0_WINDOW = 640  # 40 ms at 16 kHz, compared with itself shifted by up to one period of the lowest F0
 F0_HOP = 160  # 10 ms
@@ -178,16 +179,20 @@ def build(manifest: Path, out: Path) -> None:
             "pitch": pitches[i],
             "speed": speed_words[i],
         }
-        text = caption(i % TEMPLATES, **attributes)
+        is_held_out = attributes == held_out(row["word"])
+        template = i % (TEMPLATES - 1 if is_held_out else TEMPLATES)
+        text = caption(template, **attributes)
+        named = {**attributes, "voice": "" if template == VOICELESS_TEMPLATE else voices[i]}
         settings = {
+            "clip_voice": voices[i],
             "f0_hz": f0[i],
             "variant": row["variant"],
             "pitch_setting": row["pitch"],
             "speed_wpm": row["speed_wpm"],
             "speech_ms": row["speech_ms"],
         }
-        entry = {"file_name": row["file"], "text": text, **attributes, **settings}
-        (withheld if attributes == held_out(row["word"]) else captioned).append(entry)
+        entry = {"file_name": row["file"], "text": text, **named, **settings}
+        (withheld if is_held_out else captioned).append(entry)
     with (out / "metadata.csv").open("w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=list(captioned[0]), lineterminator="\n")
         writer.writeheader()
