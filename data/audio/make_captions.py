@@ -6,7 +6,9 @@ Read from spoken_digits_manifest.csv and the clips themselves (see README.md). E
 word and the attributes measurable in the sound: the voice (male / female, from the espeak-ng variant),
 the pitch (low / high: the lowest and highest third of the measured F0 within the voice, the middle third
 unnamed) and the speed (fast / slow: the shortest and longest third of the speech duration of that word,
-the middle unnamed): "seven, spoken slowly in a high female voice". Deterministic; under a minute.
+the middle unnamed): "seven, spoken slowly in a high female voice". The attribute columns hold what the
+caption names ("" where it names none); ``clip_voice`` is the clip's voice whatever the wording, ``f0_hz``
+the measured F0. Deterministic; under a minute.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from toolkit.domains.captions import HELD_OUT_FILE, PARAPHRASES_FILE, write_json
 
 HERE = Path(__file__).resolve().parent
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-# espeak-ng's variants m1..m8 are male and f1..f5 female; the named ones were sorted by their median
-# F0 in the shipped clips (torchaudio's detect_pitch_frequency over the speech): 94-120 Hz for Alex,
-# david and max, as m1..m8 (93-103 Hz); 133-229 Hz for the others, as f1..f5 (118-152 Hz).
+# espeak-ng's variants m1..m8 are male and f1..f5 female; the named ones were sorted by the median F0
+# of their clips (speech_f0): 66-96 Hz for Alex, david and max, as m1..m8 (76-98 Hz); 152-225 Hz for
+# the others, as f1..f5 (155-204 Hz).
 MALE_VARIANTS = {f"m{i}" for i in range(1, 9)} | {"Alex", "david", "max"}
 FEMALE_VARIANTS = {f"f{i}" for i in range(1, 6)} | {"Andrea", "Annie", "aunty", "belinda", "grandma", "linda", "steph"}
 PITCHES = ("low", "", "high")  # lowest, middle, highest third of the measured F0, within the voice
