@@ -7,12 +7,16 @@ Each sample is measured the way its caption was made, by a judge per domain (``J
   training split; the weight by ink mass and the slant by the shear of the ink's moments, each a binary
   check against the median of real images of that digit; "upright" prompts pass within the caption's
   middle third of shear;
+- audio (``experiment=audio_prompts``; captions "seven, spoken slowly in a high female voice" from
+  data/audio/make_captions.py), on the log-mel spectrograms themselves: the word by a CNN trained (seeded)
+  on the real clips' training split; the voice and the pitch by a second CNN trained on the same clips to
+  tell male / female and F0 below / above the median of that voice (the measured F0 the captions' pitch
+  thirds come from); the speed by the speech duration (frames within 45 dB of the loudest frame) against
+  the median over the real clips of that word;
 - point clouds (``experiment=pointcloud_prompts``; captions "a tall lamp with a wide shade" from the
   captioned procedural set, ``toolkit.domains.pointcloud.procedural_captions``): the shape by a small PointNet
   trained (seeded) on real clouds; height and width by the captions' own ratios from robust (1-99%) extents,
-  each a binary check against the class median over the real clouds; the part by geometry;
-- audio: no judge yet (see README: the audio captions' pitch does not follow the measured F0 of the clips,
-  so it cannot be judged as captioned).
+  each a binary check against the class median over the real clouds; the part by geometry.
 
 The first row judges real data against its own captions: how far the judge agrees with the captions.
 Prompt sets: training-style (one caption per attribute combination seen in training, in its training
@@ -24,12 +28,14 @@ guidance: the digit or word is the one attribute both can express.
     python benchmarks/prompts.py --ckpt runs/image/<time>/checkpoints/last.ckpt \
         --label-ckpt runs/image/<label run>/checkpoints/last.ckpt
 
-Writes benchmarks/results/prompts_<domain>.md (``--out`` to change).
+Writes the checkpoint's domain's section of benchmarks/results/prompts.md (``--out`` to change the
+file); the other domains' sections are kept as they are.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import importlib.util
 import json
 import math
@@ -47,21 +53,25 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import audio_quality  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     classify,
     fit_classifier,
+    machine_description,
     markdown_table,
     reproduce_command,
     stopwatch,
-    write_results,
 )
 from benchmarks.image_quality import Split, train_classifier  # noqa: E402
+from toolkit.domains.audio import DEFAULT_ROOT as SPOKEN_DIGITS_ROOT  # noqa: E402
+from toolkit.domains.audio import SUPPORTED_SUFFIXES, fit_length, load_audio  # noqa: E402
 from toolkit.domains.captions import HELD_OUT_FILE, PARAPHRASES_FILE, read_captions, read_held_out  # noqa: E402
-from toolkit.domains.data import split_indices  # noqa: E402
+from toolkit.domains.data import scan_class_folders, split_indices  # noqa: E402
 from toolkit.domains.image import CAPTIONED_DIGITS_ROOT, load_digits_images  # noqa: E402
 from toolkit.domains.pointcloud import CAPTION_WORDS, PROCEDURAL_CLASSES  # noqa: E402
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "prompts.md"  # prompts_<domain>.md
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "prompts.md"
+DOMAIN_ORDER = ("image", "audio", "pointcloud")  # the order of the sections in the results file
 REPO = Path(__file__).resolve().parent.parent
 FLOORS = {"training-style": 0.90, "held-out combinations": 0.70}
 BINARY_FLOOR = 0.80
@@ -94,7 +104,8 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def prompt_sets(root: Path, names: Sequence[str]) -> dict[str, list[Prompt]]:
-    """The three sets over the attributes ``names``, each prompt once, in a fixed order."""
+    """The three sets over the attributes ``names``, each prompt once, in a fixed order. Paraphrases are
+    kept for the combinations trained on (a combination no clip happens to have is not a paraphrase)."""
 
     def prompt(row: dict) -> Prompt:
         return Prompt(row["text"], {name: str(row[name]) for name in names})
@@ -111,7 +122,11 @@ def prompt_sets(root: Path, names: Sequence[str]) -> dict[str, list[Prompt]]:
     return {
         "training-style": unique(training.values()),
         "held-out combinations": unique(read_jsonl(root / HELD_OUT_FILE)),
-        "paraphrases": unique(row for row in read_jsonl(root / PARAPHRASES_FILE) if not row["held_out"]),
+        "paraphrases": unique(
+            row
+            for row in read_jsonl(root / PARAPHRASES_FILE)
+            if not row["held_out"] and tuple(str(row[n]) for n in names) in training
+        ),
     }
 
 
@@ -131,6 +146,7 @@ class DigitJudge:
     binary = ("weight", "slant")
     columns = ("digit", "weight", "slant", "upright")
     checkpoint = "runs/image/<time>/checkpoints/last.ckpt"
+    default_root = CAPTIONED_DIGITS_ROOT  # the prompt sets' folder when the domain's root is null
 
     def __init__(self, module, epochs: int, seed: int):
         script = caption_measures()
@@ -146,7 +162,7 @@ class DigitJudge:
         self.ink_median = np.array([np.median(ink[digits == d]) for d in range(10)])
         self.shear_median = np.array([np.median(slant[digits == d]) for d in range(10)])
         self.shear_terciles = np.array([np.quantile(slant[digits == d], [1 / 3, 2 / 3]) for d in range(10)])
-        self.root = Path(module.domain.root or CAPTIONED_DIGITS_ROOT)
+        self.root = Path(module.domain.root or self.default_root)
         self.real = self.real_with_captions(self.root)
 
     @staticmethod
@@ -419,7 +435,132 @@ class PointCloudJudge:
         )
 
 
-JUDGES = {judge.domain: judge for judge in (DigitJudge, PointCloudJudge)}  # audio: not yet
+def speech_ms(x: torch.Tensor, domain, floor_db: float) -> np.ndarray:
+    """The speech duration (ms) of each log-mel of ``x`` [n, 1, n_mels, frames] (model space, clipped to
+    [-1, 1] as the domain reads it): the frames whose mel power lies within ``floor_db`` of the loudest
+    frame of that clip, times the hop."""
+    power = domain.mel_power(x).sum(dim=1)
+    level = 10 * torch.log10(power)
+    speech = level > level.amax(dim=1, keepdim=True) - floor_db
+    return speech.sum(dim=1).numpy() * 1000 * domain.hop_length / domain.sample_rate
+
+
+@torch.no_grad()
+def probabilities(classifier: torch.nn.Module, x: torch.Tensor, batch_size: int = 500) -> np.ndarray:
+    """Softmax of ``classifier`` over ``x`` in batches, [n, classes]."""
+    return torch.cat([classifier(chunk).softmax(dim=1) for chunk in x.split(batch_size)]).numpy()
+
+
+class AudioJudge:
+    """Audio, on the log-mel spectrograms (model space): the word by a CNN trained on the real clips'
+    training split; voice and pitch by a CNN trained on the same clips to tell the four classes male /
+    female x F0 below / above the median F0 of that voice (``f0_hz``, the measure the captions' pitch
+    thirds were cut from; the prompt's pitch passes on the side it names); speed by the speech duration
+    against the median duration of the real clips of that word (the captions cut thirds of it per word).
+    The ceiling row judges the judge's held-out real clips against their own captions."""
+
+    domain = "audio"
+    key = "word"
+    attributes = ("word", "voice", "pitch", "speed")
+    binary = ("voice", "pitch", "speed")
+    columns = ("word", "voice", "pitch", "speed")
+    checkpoint = "runs/audio/<time>/checkpoints/last.ckpt"
+    default_root = SPOKEN_DIGITS_ROOT
+    voices = ("male", "female")
+    held_out_fraction = 0.25
+    speech_floor_db = 45.0  # as the clips' trimming (data/audio/README.md)
+
+    def __init__(self, module, epochs: int, seed: int):
+        self.domain_ = module.domain
+        self.root = root = Path(module.domain.root or self.default_root)
+        self.class_names = scan_class_folders(root, SUPPORTED_SUFFIXES, True, what="audio files")[2]
+        rows = {**read_captions(root), **read_held_out(root)}
+        names = sorted(rows)
+        x = self.encode_files(root, names)
+        prompts = [Prompt(rows[n]["text"], {a: str(rows[n][a]) for a in self.attributes}) for n in names]
+        words = torch.tensor([self.class_of(p) for p in prompts])
+        voice_pitch = torch.tensor(self.voice_pitch_classes(rows, names))
+        train, held_out = split_indices(len(names), self.held_out_fraction, seed, labels=words)
+        fit = audio_quality.train_classifier
+        self.word_classifier = fit(x[train], words[train], len(self.class_names), epochs, seed=seed)
+        self.voice_pitch_classifier = fit(x[train], voice_pitch[train], 2 * len(self.voices), epochs, seed=seed)
+        durations = speech_ms(x, self.domain_, self.speech_floor_db)
+        word_of = np.array([p["word"] for p in prompts])
+        self.median_ms = {word: float(np.median(durations[word_of == word])) for word in set(word_of)}
+        self.real = (x[held_out], [prompts[i] for i in held_out.tolist()])
+        voice_read, above_read = self.read_voice_pitch(x[held_out])
+        self.accuracy = {
+            "word": float((self.classes(x[held_out]) == words[held_out].numpy()).mean()),
+            "voice": float((voice_read == voice_pitch[held_out].numpy() // 2).mean()),
+            "F0 side": float((above_read == voice_pitch[held_out].numpy() % 2).mean()),
+        }
+
+    def encode_files(self, root: Path, names: Sequence[str]) -> torch.Tensor:
+        """The clips ``names`` under ``root`` as the domain's log-mels [n, 1, n_mels, frames]."""
+        domain = self.domain_
+        waves = [
+            fit_length(torch.from_numpy(load_audio(root / n, domain.sample_rate)), domain.clip_samples) for n in names
+        ]
+        return torch.cat([domain.encode(chunk) for chunk in torch.stack(waves).split(64)])
+
+    @classmethod
+    def voice_pitch_classes(cls, rows: dict[str, dict], names: Sequence[str]) -> list[int]:
+        """Per clip: 2 * voice (0 male, 1 female) + (its measured F0 above its voice's median). The clip's
+        voice is ``clip_voice``: ``voice`` is what the caption names, "" where it names none."""
+        if any("f0_hz" not in rows[n] or "clip_voice" not in rows[n] for n in names):
+            raise ValueError(
+                "the captions have no f0_hz or clip_voice column; rebuild them with data/audio/make_captions.py"
+            )
+        voice = np.array([cls.voices.index(rows[n]["clip_voice"]) for n in names])
+        f0 = np.array([float(rows[n]["f0_hz"]) for n in names])
+        medians = np.array([np.median(f0[voice == v]) for v in range(len(cls.voices))])
+        return (2 * voice + (f0 > medians[voice])).tolist()
+
+    def read_voice_pitch(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """The voice (0 male, 1 female) and whether F0 is above the voice's median, each by the classifier's
+        summed probability over the other attribute."""
+        p = probabilities(self.voice_pitch_classifier, x.clamp(-1, 1)).reshape(-1, len(self.voices), 2)
+        return p.sum(axis=2).argmax(axis=1), p.sum(axis=1).argmax(axis=1)
+
+    def classes(self, x: torch.Tensor) -> np.ndarray:
+        """The word the classifier reads in each log-mel, as the index of its class folder (the label model's)."""
+        return probabilities(self.word_classifier, x.clamp(-1, 1)).argmax(axis=1)
+
+    def class_of(self, prompt: Prompt) -> int:
+        return self.class_names.index(prompt["word"])
+
+    def judge(self, x: torch.Tensor, prompts: Sequence[Prompt]) -> dict[str, list[bool]]:
+        """Per attribute, one pass/fail per sample that names it (``x`` in model space)."""
+        words, (voices, above) = self.classes(x), self.read_voice_pitch(x)
+        durations = speech_ms(x, self.domain_, self.speech_floor_db)
+        results: dict[str, list[bool]] = {name: [] for name in self.columns}
+        for i, p in enumerate(prompts):
+            results["word"].append(bool(words[i] == self.class_of(p)))
+            if p["voice"]:
+                results["voice"].append(bool(self.voices[voices[i]] == p["voice"]))
+            if p["pitch"]:
+                results["pitch"].append(bool(above[i] == (p["pitch"] == "high")))
+            if p["speed"]:
+                median = self.median_ms[p["word"]]
+                results["speed"].append(bool(durations[i] < median if p["speed"] == "fast" else durations[i] > median))
+        return results
+
+    def ceiling(self) -> dict[str, list[bool]]:
+        """The judge on its held-out real clips against their own captions."""
+        return self.judge(*self.real)
+
+    def description(self) -> str:
+        accuracy = self.accuracy
+        return (
+            f"on {len(self.real[1])} held-out real clips, a CNN reads the word at {100 * accuracy['word']:.1f}% and "
+            f"a second one the voice at {100 * accuracy['voice']:.1f}% and the side of the voice's median F0 at "
+            f"{100 * accuracy['F0 side']:.1f}% (binary; chance 50%); pitch passes on the side the prompt names; "
+            f"speed by the speech duration (frames within {self.speech_floor_db:g} dB of the loudest) against the "
+            "word's median over the real clips (binary; chance 50%)"
+        )
+
+
+JUDGES = {judge.domain: judge for judge in (DigitJudge, AudioJudge, PointCloudJudge)}
 
 
 @dataclass
@@ -446,7 +587,9 @@ def shares(judged: dict[str, list[bool]]) -> dict[str, tuple[float, int]]:
 def run(module, label_module, judge, sets, per_prompt: int, guidances, batch_size: int, log=print) -> list[Row]:
     """The judge on real data, then every prompt set at every guidance and the class-label model on as
     many samples per class."""
-    rows = [Row("real data", "their own captions", float("nan"), len(judge.real[1]), shares(judge.ceiling()), 0.0)]
+    rows = [
+        Row("real data", "their own captions", float("nan"), len(judge.real[1]), shares(judge.ceiling()), float("nan"))
+    ]
     log(format_row(rows[-1], judge.columns))
     for guidance in guidances:
         for name in PROMPT_SETS:
@@ -474,7 +617,8 @@ def cell(value: tuple[float, int] | None) -> str:
 def format_row(row: Row, columns: Sequence[str]) -> str:
     guidance = "-" if math.isnan(row.guidance) else f"{row.guidance:g}"
     cells = [row.model, row.prompts, guidance, row.count, *(cell(row.shares.get(k)) for k in columns)]
-    return " | ".join(map(str, [*cells, f"{row.ms_per_sample:.1f}"]))
+    ms = "-" if math.isnan(row.ms_per_sample) else f"{row.ms_per_sample:.1f}"  # real data: nothing drawn
+    return " | ".join(map(str, [*cells, ms]))
 
 
 def verdicts(rows: Sequence[Row], judge) -> list[str]:
@@ -509,7 +653,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--classifier-epochs", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0, help="classifier seed")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, help="default: benchmarks/results/prompts_<domain>.md")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="results file (default: benchmarks/results/prompts.md); only the domain's section is replaced",
+    )
     args = parser.parse_args(argv)
     if min(args.per_prompt, args.batch_size, args.classifier_epochs, args.threads) < 1:
         parser.error("--per-prompt, --batch-size, --classifier-epochs and --threads must be >= 1")
@@ -548,14 +696,52 @@ def main(argv: Sequence[str] | None = None) -> Path:
         "",
         *verdicts(rows, judge),
         "",
-        "## All rows",
+        "### All rows",
         "",
         *markdown_table(header, [format_row(r, judge.columns).split(" | ") for r in rows]),
     ]
-    out = args.out or DEFAULT_OUT.with_name(f"prompts_{module.domain.name}.md")
     command = reproduce_command(argv, "benchmarks/prompts.py", judge_class.checkpoint)
-    path = write_results(out, f"Prompts: adherence per attribute ({module.domain.name})", command, body)
+    path = write_section(args.out or DEFAULT_OUT, module.domain.name, command, body)
     print("\n".join(body))
+    return path
+
+
+SECTION_START, SECTION_END = "<!-- section: {} -->", "<!-- end of section: {} -->"
+
+
+def sections(text: str) -> dict[str, str]:
+    """The domain sections of a results file, by domain (each with its markers)."""
+    found = {}
+    for domain in DOMAIN_ORDER:
+        start, end = SECTION_START.format(domain), SECTION_END.format(domain)
+        if start in text and end in text:
+            found[domain] = text[text.index(start) : text.index(end) + len(end)]
+    return found
+
+
+def write_section(path: Path, domain: str, command: str, body: Sequence[str]) -> Path:
+    """Write ``domain``'s section (its own date, machine and reproduce command, then ``body``) into the
+    results file at ``path``, keeping the sections of the other domains, in ``DOMAIN_ORDER``."""
+    path = Path(path)
+    kept = sections(path.read_text()) if path.exists() else {}
+    section = [
+        SECTION_START.format(domain),
+        f"## {domain}",
+        "",
+        f"- Date: {datetime.date.today().isoformat()}",
+        f"- Machine: {machine_description()}",
+        f"- Reproduce: `{command}`",
+        *body,
+        SECTION_END.format(domain),
+    ]
+    kept[domain] = "\n".join(section)
+    intro = (
+        "Prompt adherence per attribute, one section per domain (written by benchmarks/prompts.py, whose "
+        "docstring says how each judge measures). Each section gives the issue's floors, then every row."
+    )
+    parts = ["# Prompts: adherence per attribute", intro, *(kept[d] for d in DOMAIN_ORDER if d in kept)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n\n".join(parts) + "\n")
     return path
 
 

@@ -287,14 +287,20 @@ def test_shipped_digits_captions_cover_every_file_and_hold_out_their_combination
     assert sum(CAPTIONED_DIGITS_ROOT.joinpath(name).stat().st_size for name in shipped_image_files()) < 1_000_000
 
 
-def test_shipped_digit_attributes_are_measured_from_the_files():
+def load_script(name: str, relative: str):
+    """A rebuild script under data/ as a module (skipped when the package was installed without it)."""
     from importlib import util
 
-    spec = util.spec_from_file_location("make_digits", resource_dir("data") / "images" / "make_captioned_digits.py")
+    spec = util.spec_from_file_location(name, resource_dir("data") / relative)
     if spec is None or not Path(spec.origin).is_file():
         pytest.skip("the rebuild script is not installed with the package")
-    make = util.module_from_spec(spec)
-    spec.loader.exec_module(make)
+    module = util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_shipped_digit_attributes_are_measured_from_the_files():
+    make = load_script("make_digits", "images/make_captioned_digits.py")
     rows = list(read_captions(CAPTIONED_DIGITS_ROOT).values())[:200]
     pixels = np.stack(
         [np.asarray(Image.open(CAPTIONED_DIGITS_ROOT / r["file_name"]), dtype=np.float64) / 255 for r in rows]
@@ -328,13 +334,63 @@ def test_shipped_spoken_digit_captions_cover_every_clip_and_hold_out_their_combi
     male = {f"m{i}" for i in range(1, 9)} | {"Alex", "david", "max"}
     for name, row in captions.items():
         assert row["word"] in row["text"] and row["word"] == manifest[name]["word"]
-        assert row["voice"] == ("male" if manifest[name]["variant"] in male else "female")
+        assert row["clip_voice"] == ("male" if manifest[name]["variant"] in male else "female")
+        assert row["voice"] in (row["clip_voice"], "")
+        assert bool(row["voice"]) == any(w in row["text"].split() for w in ("male", "female", "man", "woman"))
         assert row["speech_ms"] == manifest[name]["speech_ms"]
     assert "seven, spoken slowly in a high female voice" in {
         r["text"] for r in [*captions.values(), *held_out.values()]
     }
+    assert all(r["voice"] for r in held_out.values())  # held-out prompts name the whole combination
+    assert not {r["text"] for r in held_out.values()} & {r["text"] for r in captions.values()}
     paraphrases = [row for _, row in read_jsonl(DEFAULT_ROOT / PARAPHRASES_FILE)]
     assert not {r["text"] for r in paraphrases} & {r["text"] for r in captions.values()}
+
+
+def shipped_spoken_digit_rows() -> list[dict]:
+    return [*read_captions(DEFAULT_ROOT).values(), *read_held_out(DEFAULT_ROOT).values()]
+
+
+def test_shipped_spoken_digit_pitch_words_are_thirds_of_the_measured_f0_within_the_voice():
+    rows = shipped_spoken_digit_rows()
+    assert len(rows) == 800
+    for voice in ("male", "female"):
+        members = [r for r in rows if r["clip_voice"] == voice]
+        f0 = np.array([float(r["f0_hz"]) for r in members])
+        low, high = np.quantile(f0, [1 / 3, 2 / 3])
+        assert [r["pitch"] for r in members] == ["low" if v < low else "high" if v > high else "" for v in f0]
+        counts = [sum(r["pitch"] == p for r in members) for p in ("low", "", "high")]
+        assert min(counts) > len(members) / 3 - 10
+    male_f0 = [float(r["f0_hz"]) for r in rows if r["clip_voice"] == "male"]
+    female_f0 = [float(r["f0_hz"]) for r in rows if r["clip_voice"] == "female"]
+    assert np.median(male_f0) < 100 < 150 < np.median(female_f0)
+
+
+def test_shipped_spoken_digit_f0_is_measured_from_the_clips():
+    make = load_script("make_audio_captions", "audio/make_captions.py")
+    rows = shipped_spoken_digit_rows()[::50]
+    measured = make.measured_f0(DEFAULT_ROOT, [r["file_name"] for r in rows])
+    np.testing.assert_allclose(measured, [float(r["f0_hz"]) for r in rows], atol=0.051)
+
+
+@pytest.mark.parametrize("f0", [55.0, 110.0, 240.0])
+def test_caption_f0_measure_finds_the_fundamental_of_a_voiced_tone_between_fricative_noise(f0: float):
+    make = load_script("make_audio_captions", "audio/make_captions.py")
+    rate, rng = 16_000, np.random.default_rng(0)
+    t = np.arange(int(0.3 * rate)) / rate
+    tone = sum(np.sin(2 * np.pi * k * f0 * t) / k for k in range(1, 8))  # harmonics confuse a naive period pick
+    noise = rng.normal(0.0, 0.5, int(0.15 * rate))  # a loud fricative, as the /s/ of "six"
+    wave = np.concatenate([noise, 0.5 * tone, noise, np.zeros(rate // 4)]).astype(np.float32)
+    assert make.speech_f0(wave, rate) == pytest.approx(f0, rel=0.03)
+    with pytest.raises(ValueError, match="silent"):
+        make.speech_f0(np.zeros(rate, dtype=np.float32), rate)
+
+
+def test_caption_pitch_words_split_each_voice_at_its_own_terciles():
+    make = load_script("make_audio_captions", "audio/make_captions.py")
+    f0 = np.array([60.0, 90.0, 120.0, 150.0, 200.0, 250.0])
+    voices = ["male", "male", "male", "female", "female", "female"]
+    assert make.pitch_words(f0, voices) == ["low", "", "high", "low", "", "high"]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -2,11 +2,13 @@
 
     python data/audio/make_captions.py
 
-Read from spoken_digits_manifest.csv (no audio is touched; see README.md). Each caption names the
+Read from spoken_digits_manifest.csv and the clips themselves (see README.md). Each caption names the
 word and the attributes measurable in the sound: the voice (male / female, from the espeak-ng variant),
-the pitch (low / high: the lowest and highest third of the pitch setting, the middle third unnamed) and
-the speed (fast / slow: the shortest and longest third of the speech duration of that word, the middle
-unnamed): "seven, spoken slowly in a high female voice". Deterministic.
+the pitch (low / high: the lowest and highest third of the measured F0 within the voice, the middle third
+unnamed) and the speed (fast / slow: the shortest and longest third of the speech duration of that word,
+the middle unnamed): "seven, spoken slowly in a high female voice". The attribute columns hold what the
+caption names ("" where it names none); ``clip_voice`` is the clip's voice whatever the wording, ``f0_hz``
+the measured F0. Deterministic; under a minute.
 """
 
 from __future__ import annotations
@@ -15,18 +17,20 @@ import argparse
 import csv
 from pathlib import Path
 
+import librosa
 import numpy as np
+import soundfile as sf
 
 from toolkit.domains.captions import HELD_OUT_FILE, PARAPHRASES_FILE, write_jsonl
 
 HERE = Path(__file__).resolve().parent
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-# espeak-ng's variants m1..m8 are male and f1..f5 female; the named ones were sorted by their median
-# F0 in the shipped clips (torchaudio's detect_pitch_frequency over the speech): 94-120 Hz for Alex,
-# david and max, as m1..m8 (93-103 Hz); 133-229 Hz for the others, as f1..f5 (118-152 Hz).
+# espeak-ng's variants m1..m8 are male and f1..f5 female; the named ones were sorted by the median F0
+# of their clips (speech_f0): 66-96 Hz for Alex, david and max, as m1..m8 (76-98 Hz); 152-225 Hz for
+# the others, as f1..f5 (155-204 Hz).
 MALE_VARIANTS = {f"m{i}" for i in range(1, 9)} | {"Alex", "david", "max"}
 FEMALE_VARIANTS = {f"f{i}" for i in range(1, 6)} | {"Andrea", "Annie", "aunty", "belinda", "grandma", "linda", "steph"}
-PITCHES = ("low", "", "high")  # lowest, middle, highest third of the pitch setting
+PITCHES = ("low", "", "high")  # lowest, middle, highest third of the measured F0, within the voice
 SPEEDS = ("fast", "", "slow")  # shortest, middle, longest third of the speech duration, per word
 VOICE_NOUNS = {"male": "man", "female": "woman"}
 SPEED_ADVERBS = {"fast": "fast", "slow": "slowly", "": ""}
@@ -78,6 +82,75 @@ def caption(template: int, word: str, voice: str, pitch: str, speed: str) -> str
 
 
 TEMPLATES = 4
+VOICELESS_TEMPLATE = 3  # names no voice; held-out clips use the others, so their prompts name the whole combination
+F0_RANGE_HZ = (40.0, 400.0)  # the shipped clips measure about 50-320 Hz
+F0_WINDOW = 640  # 40 ms at 16 kHz, compared with itself shifted by up to one period of the lowest F0
+F0_HOP = 160  # 10 ms
+YIN_THRESHOLD = 0.2  # the first dip of the normalised difference below this is the period (YIN's absolute threshold)
+VOICED_APERIODICITY = 0.35  # frames whose dip stays above this are unvoiced (fricatives, breath)
+SPEECH_FLOOR_DB = 25.0  # frames this far below the loudest frame of the clip are not speech
+MIN_VOICED_FRAMES = 3
+
+
+def yin_track(wave: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per 10 ms frame: F0 (Hz), aperiodicity (the normalised difference at that period; 0 = periodic) and
+    energy. YIN (de Cheveigne and Kawahara 2002) without interpolation. librosa's ``yin`` gives no
+    aperiodicity, so fricatives count as voiced there, and its ``pyin`` finds no voiced frame in about a
+    tenth of these clips (espeak-ng's lowest male voices) at forty times the cost."""
+    max_lag, min_lag = int(sample_rate / F0_RANGE_HZ[0]), int(sample_rate / F0_RANGE_HZ[1])
+    length = F0_WINDOW + max_lag
+    padded = np.pad(wave.astype(np.float64), (0, length))
+    frames = librosa.util.frame(padded, frame_length=length, hop_length=F0_HOP).T
+    size = 1 << int(np.ceil(np.log2(2 * length)))
+    spectrum = np.conj(np.fft.rfft(frames[:, :F0_WINDOW], size)) * np.fft.rfft(frames, size)
+    correlation = np.fft.irfft(spectrum, size)[:, : max_lag + 1]
+    cumulative = np.concatenate([np.zeros((len(frames), 1)), np.cumsum(frames**2, axis=1)], axis=1)
+    lags = np.arange(max_lag + 1)
+    energy = cumulative[:, F0_WINDOW]
+    difference = energy[:, None] + cumulative[:, lags + F0_WINDOW] - cumulative[:, lags] - 2 * correlation
+    normalised = difference[:, 1:] * lags[1:] / np.maximum(np.cumsum(difference[:, 1:], axis=1), 1e-20)
+    search = normalised[:, min_lag - 1 :]
+    minimum = np.zeros_like(search, dtype=bool)
+    minimum[:, 1:-1] = (search[:, 1:-1] <= search[:, :-2]) & (search[:, 1:-1] <= search[:, 2:])
+    dips = minimum & (search < YIN_THRESHOLD)
+    period = np.where(dips.any(axis=1), dips.argmax(axis=1), search.argmin(axis=1))
+    aperiodicity = search[np.arange(len(search)), period]
+    return sample_rate / (period + min_lag), aperiodicity, energy
+
+
+def speech_f0(wave: np.ndarray, sample_rate: int) -> float:
+    """Median F0 in Hz of the voiced speech in ``wave``: the frames within SPEECH_FLOOR_DB of the loudest
+    and periodic (aperiodicity below VOICED_APERIODICITY), or, when fewer than MIN_VOICED_FRAMES are, the
+    MIN_VOICED_FRAMES most periodic speech frames."""
+    if wave.ndim != 1 or wave.size < F0_WINDOW:
+        raise ValueError(f"need a mono clip of at least {F0_WINDOW} samples, got shape {wave.shape}")
+    f0, aperiodicity, energy = yin_track(wave, sample_rate)
+    if not energy.max() > 0:
+        raise ValueError("the clip is silent: no F0 to measure")
+    speech = np.flatnonzero(10 * np.log10(np.maximum(energy, 1e-20) / energy.max()) > -SPEECH_FLOOR_DB)
+    voiced = speech[aperiodicity[speech] < VOICED_APERIODICITY]
+    if voiced.size < MIN_VOICED_FRAMES:
+        voiced = speech[np.argsort(aperiodicity[speech], kind="stable")[:MIN_VOICED_FRAMES]]
+    return float(np.median(f0[voiced]))
+
+
+def measured_f0(root: Path, files: list[str]) -> np.ndarray:
+    """``speech_f0`` of each file (paths relative to ``root``), rounded to 0.1 Hz as stored in metadata.csv."""
+    values = []
+    for name in files:
+        wave, rate = sf.read(root / name, dtype="float32")
+        values.append(round(speech_f0(wave, rate), 1))
+    return np.array(values)
+
+
+def pitch_words(f0: np.ndarray, voices: list[str]) -> list[str]:
+    """low / "" / high by the terciles of ``f0`` within each voice: the pitch heard for that voice."""
+    words = [""] * len(f0)
+    for voice in sorted(set(voices)):
+        members = [i for i, v in enumerate(voices) if v == voice]
+        for i, value in zip(members, tercile_words(f0[members], PITCHES)):
+            words[i] = value
+    return words
 
 
 def paraphrases(word: str, voice: str, pitch: str, speed: str) -> list[str]:
@@ -89,9 +162,12 @@ def paraphrases(word: str, voice: str, pitch: str, speed: str) -> list[str]:
 
 
 def build(manifest: Path, out: Path) -> None:
+    """Caption the clips listed in ``manifest`` (which lie in ``out``) and write the three files there."""
     with manifest.open(newline="") as file:
         rows = list(csv.DictReader(file))
-    pitch_words = tercile_words(np.array([float(r["pitch"]) for r in rows]), PITCHES)
+    voices = [voice_of(r["variant"]) for r in rows]
+    f0 = measured_f0(out, [r["file"] for r in rows])
+    pitches = pitch_words(f0, voices)
     speed_words = [""] * len(rows)
     for word in WORDS:
         members = [i for i, r in enumerate(rows) if r["word"] == word]
@@ -101,19 +177,24 @@ def build(manifest: Path, out: Path) -> None:
     for i, row in enumerate(rows):
         attributes = {
             "word": row["word"],
-            "voice": voice_of(row["variant"]),
-            "pitch": pitch_words[i],
+            "voice": voices[i],
+            "pitch": pitches[i],
             "speed": speed_words[i],
         }
-        text = caption(i % TEMPLATES, **attributes)
+        is_held_out = attributes == held_out(row["word"])
+        template = i % (TEMPLATES - 1 if is_held_out else TEMPLATES)
+        text = caption(template, **attributes)
+        named = {**attributes, "voice": "" if template == VOICELESS_TEMPLATE else voices[i]}
         settings = {
+            "clip_voice": voices[i],
+            "f0_hz": f0[i],
             "variant": row["variant"],
             "pitch_setting": row["pitch"],
             "speed_wpm": row["speed_wpm"],
             "speech_ms": row["speech_ms"],
         }
-        entry = {"file_name": row["file"], "text": text, **attributes, **settings}
-        (withheld if attributes == held_out(row["word"]) else captioned).append(entry)
+        entry = {"file_name": row["file"], "text": text, **named, **settings}
+        (withheld if is_held_out else captioned).append(entry)
     with (out / "metadata.csv").open("w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=list(captioned[0]), lineterminator="\n")
         writer.writeheader()
