@@ -52,6 +52,10 @@ from toolkit.impute import Imputer  # noqa: E402
 from toolkit.train import train  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "imputation.md"
+INCLUDED_RESULTS = {  # sections copied from the other time-series benchmarks' results, as they were last written
+    "Scaling with the number of variables": Path(__file__).parent / "results" / "ts_scaling.md",
+    "Forecasting": Path(__file__).parent / "results" / "forecasting.md",
+}
 SOURCE_SETTINGS = {
     "co2": [],
     "macrodata": ["domain.window=32", "domain.stride=2"],  # 203 quarters: short windows, dense cuts
@@ -320,6 +324,17 @@ def section(source: str, ckpt: Path, imputer: Imputer, results, runs, facts, arg
     return lines
 
 
+def included_section(title: str, path: Path) -> list[str]:
+    """Another benchmark's results file as a section of this one: its lines below its own title, headings one
+    level deeper, and where it came from (that file's own date and reproduce line stay in it)."""
+    if not path.exists():
+        return [f"## {title}", "", f"Not included: `{path.name}` has not been written yet.", ""]
+    lines = path.read_text().splitlines()[1:]
+    deeper = ["#" + line if line.startswith("#") else line for line in lines]
+    source = f"From `benchmarks/results/{path.name}` (its own run, copied here as written):"
+    return [f"## {title}", "", source, *deeper, ""]
+
+
 def main(argv: Sequence[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sources", nargs="+", default=list(SOURCE_SETTINGS), choices=list(SOURCE_SETTINGS))
@@ -344,6 +359,12 @@ def main(argv: Sequence[str] | None = None) -> Path:
         help="seconds before PyPOTS' CSDI (training and sampling) is stopped, per data set; 0: no cap",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the machine may be shared)")
+    parser.add_argument(
+        "--include-other",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="append the scaling (ts_scaling.md) and forecasting (forecasting.md) results as sections",
+    )
     parser.add_argument("--run-root", type=Path, default=Path("runs/bench_imputation"))
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
@@ -368,6 +389,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
         lines = section(source, ckpt, imputer, results, runs, facts, args)
         print("\n".join(lines))
         body += lines
+    if args.include_other:
+        for title, path in INCLUDED_RESULTS.items():
+            body += included_section(title, path)
     command = "python benchmarks/imputation.py " + " ".join(argv if argv is not None else sys.argv[1:])
     path = write_results(args.out, "Time-series imputation", command.strip(), body)
     print(f"wrote {path}")

@@ -22,8 +22,8 @@ skipped and listed.
   one after another (a loop of ``n_samples`` calls on one window), so the table also gives that cost,
   estimated as ``n_samples`` times the median of one batch-1 call.
 
-Sampling one window costs evaluations x NFE: ours runs the config's sampler steps (dpmpp_2m, one
-evaluation per step), PyPOTS 50 DDPM steps of its loop.
+Sampling one window costs evaluations x NFE: ours runs the config's sampler and steps (one evaluation per
+step), PyPOTS 50 DDPM steps of its loop.
 """
 
 from __future__ import annotations
@@ -256,16 +256,28 @@ def loop_cpu(cost: NetCost | None, n_samples: int) -> float | None:
     return None if cost is None or cost.loop_call.cpu is None else n_samples * cost.loop_call.cpu
 
 
-def tables(cells: list[Cell], args: argparse.Namespace, sampler_steps: int) -> list[str]:
+def sampling_summary(ratios: list[tuple[float, int, int]]) -> list[str]:
+    """One line: the smallest sampling speed-up over the peer, on univariate and on multivariate cells."""
+    parts = []
+    for label, chosen in (("K = 1", [r for r in ratios if r[1] == 1]), ("K >= 4", [r for r in ratios if r[1] >= 4])):
+        if chosen:
+            worst = min(chosen)
+            parts.append(f"{label}: {worst[0]:.1f}x (K={worst[1]}, L={worst[2]})")
+    return [f"Smallest sampling speed-up over the peer (CPU time), {'; '.join(parts)}.", ""] if parts else []
+
+
+def tables(cells: list[Cell], args: argparse.Namespace, sampler: str, sampler_steps: int) -> list[str]:
     timing_header = ["ours wall ms", "peer wall ms", "ours CPU ms", "peer CPU ms", "peer / ours (CPU)"]
     measured = [c for c in cells if not c.skipped]
     skipped = [f"K={c.features} L={c.window}: {c.skipped}" for c in cells if c.skipped]
     train_rows = [[c.features, c.window, *timing_cells(c.ours.train, c.peer and c.peer.train)] for c in measured]
-    eval_rows = []
+    eval_rows, sampling_ratios = [], []
     for c in measured:
         loop = loop_cpu(c.peer, args.n_samples)
         ours_window = None if c.ours.evaluate.cpu is None else sampler_steps * c.ours.evaluate.cpu
         peer_window = None if loop is None else PEER_DIFFUSION_STEPS * loop
+        if ours_window and peer_window:
+            sampling_ratios.append((peer_window / ours_window, c.features, c.window))
         eval_rows.append(
             [
                 c.features,
@@ -298,11 +310,12 @@ def tables(cells: list[Cell], args: argparse.Namespace, sampler_steps: int) -> l
         "",
         f"Peer: PyPOTS' network on the batch of {args.n_samples}, like ours. Peer's loop: what PyPOTS' "
         f"`predict` does, {args.n_samples} calls of batch 1 ({args.n_samples} x the median call). Sampling a "
-        f"window: ours {sampler_steps} evaluations (the config's dpmpp_2m steps) x the batched evaluation, the "
+        f"window: ours {sampler_steps} evaluations (the config's {sampler} steps) x the batched evaluation, the "
         f"peer {PEER_DIFFUSION_STEPS} DDPM steps x its loop.",
         "",
         *markdown_table(eval_header, eval_rows),
         "",
+        *sampling_summary(sampling_ratios),
         *(["Cells not measured:", "", *(f"- {line}" for line in skipped), ""] if skipped else []),
         "### Parameters",
         "",
@@ -442,7 +455,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
     config = our_module(features[0], windows[0], args.override).config
     net = {k: v for k, v in config["domain"]["net"].items() if k != "_target_"}
-    sampler_steps = int(config["sampler"]["steps"])
+    sampler, sampler_steps = str(config["sampler"]["method"]), int(config["sampler"]["steps"])
     peer_line = (
         f"PyPOTS {peer_version} CSDI core, sizes {CSDI_PAPER_SIZES}, {PEER_DIFFUSION_STEPS} diffusion steps"
         if peer_version
@@ -459,7 +472,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         f"- Load average before: {load_before}; after: {load_after}; {elapsed:.0f} s in all. The machine's cores "
         "are shared with other jobs: wall times above CPU times show waiting for a core.",
         "",
-        *tables(cells, args, sampler_steps),
+        *tables(cells, args, sampler, sampler_steps),
         *growth_table(cells, args.n_samples),
     ]
     command = "python benchmarks/ts_scaling.py " + " ".join(argv if argv is not None else sys.argv[1:])
