@@ -8,6 +8,8 @@ import re
 import pytest
 from conftest import load_benchmark
 
+from toolkit.config import compose_config
+
 bench = load_benchmark("ts_scaling")
 HAS_PYPOTS = importlib.util.find_spec("pypots") is not None
 
@@ -61,9 +63,18 @@ def test_quick_run_tables_hold_positive_costs_for_every_cell(quick_run):
             assert float(row[6].rstrip("x")) > 0
         else:
             assert row[3] == row[5] == row[6] == "-"
+    steps = compose_config(["domain=timeseries"]).sampler.steps
     for row in eval_rows:
         sampling_ms = positive_ms(row[header.index("ours sampling CPU ms")])
-        assert sampling_ms == pytest.approx(10 * float(row[4]), rel=0.01)  # the config's 10 sampler steps
+        assert sampling_ms == pytest.approx(steps * float(row[4]), rel=0.01)  # the config's sampler steps
+    if HAS_PYPOTS:
+        speed_ups = [float(r[-1].rstrip("x")) for r in eval_rows]
+        summary = re.search(
+            r"Smallest sampling speed-up over the peer \(CPU time\), K = 1: ([0-9.]+)x .*; K >= 4: ([0-9.]+)x",
+            quick_run,
+        )
+        assert float(summary.group(1)) == pytest.approx(min(speed_ups[: len(bench.QUICK_WINDOWS)]), abs=0.06)
+        assert float(summary.group(2)) == pytest.approx(min(speed_ups[len(bench.QUICK_WINDOWS) :]), abs=0.06)
     _, params = table_rows(quick_run, "Parameters")
     assert [int(r[0]) for r in params] == list(bench.QUICK_FEATURES)
     assert all(int(r[1]) > 0 for r in params)
