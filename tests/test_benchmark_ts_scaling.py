@@ -2,6 +2,7 @@
 positive figure in every measured cell (the peer's cells too when PyPOTS is installed), and the timing rules
 (warm-up, repeats, allowance, run budget) hold."""
 
+import argparse
 import importlib.util
 import re
 
@@ -124,3 +125,22 @@ def test_bad_arguments_are_refused():
         bench.main(["--repeats", "0", "--no-peer"])
     with pytest.raises(SystemExit):
         bench.main(["--features", "0", "--no-peer"])
+
+
+@pytest.mark.skipif(not HAS_PYPOTS, reason="the fit cost compares against PyPOTS' CSDI")
+def test_fit_cost_projects_our_steps_and_validations_against_the_peers_iterations():
+    args = argparse.Namespace(repeats=1, allowance=0.1, n_samples=2, override=[], batch=4)
+    _, core_class = bench.import_pypots_core()
+    lines = bench.fit_cost(["interest_inflation"], args, core_class)
+    header, rows = table_rows("\n".join(lines), f"Fit cost against the peer's {bench.PEER_ITERATIONS} iterations")
+    assert rows[0][0] == "interest_inflation (2 x 16)"
+    row = dict(zip(header, rows[0], strict=True))
+    step, peer_step = float(row["ours step CPU ms"]) / 1000, float(row["peer iteration CPU ms"]) / 1000
+    validation = float(row["one validation CPU ms"]) / 1000
+    interval = compose_config(["domain=timeseries"]).trainer.val_check_interval
+    assert float(row["ours 1000 steps CPU s"]) == pytest.approx(1000 * step + 1000 / interval * validation, abs=1)
+    assert float(row[f"peer {bench.PEER_ITERATIONS} iterations CPU s"]) == pytest.approx(
+        bench.PEER_ITERATIONS * peer_step, abs=1
+    )
+    break_even = float(row["ours at most, steps"])
+    assert break_even * (step + validation / interval) == pytest.approx(bench.PEER_ITERATIONS * peer_step, rel=0.01)
