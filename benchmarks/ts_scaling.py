@@ -2,6 +2,7 @@
 
     python benchmarks/ts_scaling.py            # K = 1, 4, 12, 32 x L = 32, 64, 128; writes results/ts_scaling.md
     python benchmarks/ts_scaling.py --quick    # a small grid, for a smoke test
+    python benchmarks/ts_scaling.py --fit-cost # fit cost per imputation-benchmark source: results/ts_fit_cost.md
 
 For every (K, L) cell both networks get the same random windows (10 % missing) and are timed on one CPU
 thread: one training step (the training loss on a batch, backward and the optimiser's step, as each
@@ -22,8 +23,8 @@ skipped and listed.
   one after another (a loop of ``n_samples`` calls on one window), so the table also gives that cost,
   estimated as ``n_samples`` times the median of one batch-1 call.
 
-Sampling one window costs evaluations x NFE: ours runs the config's sampler steps (dpmpp_2m, one
-evaluation per step), PyPOTS 50 DDPM steps of its loop.
+Sampling one window costs evaluations x NFE: ours runs the config's sampler and steps (one evaluation per
+step), PyPOTS 50 DDPM steps of its loop.
 """
 
 from __future__ import annotations
@@ -40,15 +41,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import markdown_table, write_results  # noqa: E402
-from benchmarks.imputation import CSDI_PAPER_SIZES  # noqa: E402
+from benchmarks.imputation import CSDI_PAPER_SIZES, SOURCE_SETTINGS  # noqa: E402
 from toolkit.config import compose_config  # noqa: E402
 from toolkit.module import DiffusionModule  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "ts_scaling.md"
+FIT_COST_OUT = Path(__file__).parent / "results" / "ts_fit_cost.md"
+PEER_ITERATIONS = 1500  # the peer's fit in the issue's comparison
+FIT_BATCH = 32  # both projects' default training batch
 FEATURES = (1, 4, 12, 32)
 WINDOWS = (32, 64, 128)
 QUICK_FEATURES = (1, 4)
@@ -119,12 +124,17 @@ def count_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def default_module(overrides: Sequence[str]) -> DiffusionModule:
+    """A module of the default time-series config with ``overrides``."""
+    config = compose_config(["domain=timeseries", *overrides])
+    return DiffusionModule(OmegaConf.to_container(config, resolve=True))
+
+
 def our_module(features: int, window: int, overrides: Sequence[str] = ()) -> DiffusionModule:
     """The default time-series module for K = ``features`` synthetic variables and windows of ``window``."""
     length = max(400, 3 * window)
-    config = compose_config(
+    return default_module(
         [
-            "domain=timeseries",
             "domain.source=synthetic",
             f"domain.synthetic.num_features={features}",
             f"domain.synthetic.length={length}",
@@ -132,9 +142,6 @@ def our_module(features: int, window: int, overrides: Sequence[str] = ()) -> Dif
             *overrides,
         ]
     )
-    from omegaconf import OmegaConf
-
-    return DiffusionModule(OmegaConf.to_container(config, resolve=True))
 
 
 def measure_ours(features: int, window: int, args: argparse.Namespace) -> NetCost:
@@ -256,16 +263,28 @@ def loop_cpu(cost: NetCost | None, n_samples: int) -> float | None:
     return None if cost is None or cost.loop_call.cpu is None else n_samples * cost.loop_call.cpu
 
 
-def tables(cells: list[Cell], args: argparse.Namespace, sampler_steps: int) -> list[str]:
+def sampling_summary(ratios: list[tuple[float, int, int]]) -> list[str]:
+    """One line: the smallest sampling speed-up over the peer, on univariate and on multivariate cells."""
+    parts = []
+    for label, chosen in (("K = 1", [r for r in ratios if r[1] == 1]), ("K >= 4", [r for r in ratios if r[1] >= 4])):
+        if chosen:
+            worst = min(chosen)
+            parts.append(f"{label}: {worst[0]:.1f}x (K={worst[1]}, L={worst[2]})")
+    return [f"Smallest sampling speed-up over the peer (CPU time), {'; '.join(parts)}.", ""] if parts else []
+
+
+def tables(cells: list[Cell], args: argparse.Namespace, sampler: str, sampler_steps: int) -> list[str]:
     timing_header = ["ours wall ms", "peer wall ms", "ours CPU ms", "peer CPU ms", "peer / ours (CPU)"]
     measured = [c for c in cells if not c.skipped]
     skipped = [f"K={c.features} L={c.window}: {c.skipped}" for c in cells if c.skipped]
     train_rows = [[c.features, c.window, *timing_cells(c.ours.train, c.peer and c.peer.train)] for c in measured]
-    eval_rows = []
+    eval_rows, sampling_ratios = [], []
     for c in measured:
         loop = loop_cpu(c.peer, args.n_samples)
         ours_window = None if c.ours.evaluate.cpu is None else sampler_steps * c.ours.evaluate.cpu
         peer_window = None if loop is None else PEER_DIFFUSION_STEPS * loop
+        if ours_window and peer_window:
+            sampling_ratios.append((peer_window / ours_window, c.features, c.window))
         eval_rows.append(
             [
                 c.features,
@@ -298,11 +317,12 @@ def tables(cells: list[Cell], args: argparse.Namespace, sampler_steps: int) -> l
         "",
         f"Peer: PyPOTS' network on the batch of {args.n_samples}, like ours. Peer's loop: what PyPOTS' "
         f"`predict` does, {args.n_samples} calls of batch 1 ({args.n_samples} x the median call). Sampling a "
-        f"window: ours {sampler_steps} evaluations (the config's dpmpp_2m steps) x the batched evaluation, the "
+        f"window: ours {sampler_steps} evaluations (the config's {sampler} steps) x the batched evaluation, the "
         f"peer {PEER_DIFFUSION_STEPS} DDPM steps x its loop.",
         "",
         *markdown_table(eval_header, eval_rows),
         "",
+        *sampling_summary(sampling_ratios),
         *(["Cells not measured:", "", *(f"- {line}" for line in skipped), ""] if skipped else []),
         "### Parameters",
         "",
@@ -381,6 +401,82 @@ def estimated_seconds(done: list[Cell], features: int, window: int) -> float:
     return largest.seconds * (features * window) / (largest.features * largest.window)
 
 
+def validation_seconds(module: DiffusionModule) -> Timing:
+    """Seconds of one validation of ``module``'s run: ``val/crps`` on its fixed held-out windows
+    (``toolkit.callbacks.ImputationCRPS``) and ``val/loss`` over the validation batches."""
+    from types import SimpleNamespace
+
+    from toolkit.callbacks import ImputationCRPS
+
+    data = module.domain.datamodule(FIT_BATCH, 0, 0)
+    data.setup("fit")
+    scorer = ImputationCRPS(**module.config["val_crps"])
+    held_out = scorer.held_out_windows(SimpleNamespace(datamodule=data), module)
+    module.eval()
+
+    def validate():
+        scorer.score(module, held_out)
+        with torch.no_grad():
+            for batch in data.val_dataloader():
+                module._loss(batch, torch.Generator().manual_seed(0), drop_cond=False)
+
+    return time_call(validate, 1, 1.0)
+
+
+def fit_cost(sources: Sequence[str], args: argparse.Namespace, core_class) -> list[str]:
+    """Projected fit cost per embedded source, ours against the peer's PEER_ITERATIONS, from one training
+    step at FIT_BATCH of each network (on windows of the source's shape) and one validation of ours."""
+    config = compose_config(["domain=timeseries"])
+    max_steps, interval = int(config.trainer.max_steps), int(config.trainer.val_check_interval)
+    stops = sorted({500, 1000, PEER_ITERATIONS, max_steps})
+    rows = []
+    for source in sources:
+        module = default_module([f"domain.source={source}", *SOURCE_SETTINGS[source]])
+        features, window = module.domain.sample_shape
+        step_args = argparse.Namespace(**{**vars(args), "batch": FIT_BATCH})
+        ours, peer = measure_ours(features, window, step_args), measure_peer(features, window, step_args, core_class)
+        validation = validation_seconds(module)
+        peer_fit = PEER_ITERATIONS * peer.train.cpu
+        projected = [n * ours.train.cpu + math.ceil(n / interval) * validation.cpu for n in stops]
+        break_even = peer_fit / (ours.train.cpu + validation.cpu / interval)
+        rows.append(
+            [
+                f"{source} ({features} x {window})",
+                ms(ours.train.cpu),
+                ms(peer.train.cpu),
+                f"{peer.train.cpu / ours.train.cpu:.2f}x",
+                ms(validation.cpu),
+                *(f"{seconds:.0f}" for seconds in projected),
+                f"{peer_fit:.0f}",
+                f"{break_even:.0f}",
+            ]
+        )
+        print(f"fit cost {source}: {rows[-1]}", flush=True)
+    header = [
+        "source (K x L)",
+        "ours step CPU ms",
+        "peer iteration CPU ms",
+        "peer / ours",
+        "one validation CPU ms",
+        *(f"ours {n} steps CPU s" for n in stops),
+        f"peer {PEER_ITERATIONS} iterations CPU s",
+        "ours at most, steps",
+    ]
+    return [
+        f"### Fit cost against the peer's {PEER_ITERATIONS} iterations (batch {FIT_BATCH})",
+        "",
+        f"One training step of each network at batch {FIT_BATCH} on windows of each source's shape (the imputation "
+        f"benchmark's settings), timed as above, and one validation of our default run on the source's own "
+        f"held-out windows (val/crps and val/loss, every {interval} steps). Ours after N steps: N steps plus "
+        f"the validations so far; the last column is the step count at which ours costs what the peer's "
+        f"{PEER_ITERATIONS} iterations cost (the config's trainer.max_steps is {max_steps}). Training overhead "
+        "outside the step (Lightning, EMA, checkpoints) is not counted for either.",
+        "",
+        *markdown_table(header, rows),
+        "",
+    ]
+
+
 def main(argv: Sequence[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--features", nargs="+", type=int, default=None, help=f"K values (default {FEATURES})")
@@ -398,7 +494,13 @@ def main(argv: Sequence[str] | None = None) -> Path:
     )
     parser.add_argument("--override", nargs="*", default=[], help="our config KEY=VALUE (e.g. domain.net.heads=8)")
     parser.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True, help="time PyPOTS' CSDI")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument(
+        "--fit-cost",
+        action="store_true",
+        help=f"instead: the fit cost of each imputation-benchmark source against the peer's {PEER_ITERATIONS} "
+        f"iterations (default --out {FIT_COST_OUT.relative_to(Path(__file__).parent.parent)})",
+    )
+    parser.add_argument("--out", type=Path, default=None, help=f"results file (default {DEFAULT_OUT.name})")
     args = parser.parse_args(argv)
     if args.quick:
         args.repeats = min(args.repeats, 2)
@@ -417,6 +519,25 @@ def main(argv: Sequence[str] | None = None) -> Path:
             peer_version, core_class = import_pypots_core()
         except ImportError as error:
             print(f"PyPOTS CSDI not timed ({error}); install it: `{PYPOTS_HINT}`")
+    command = ("python benchmarks/ts_scaling.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    if args.fit_cost:
+        if core_class is None:
+            parser.error(f"--fit-cost compares against PyPOTS' CSDI, which is not available: `{PYPOTS_HINT}`")
+        load_before, started = load_average(), time.perf_counter()
+        table = fit_cost(list(SOURCE_SETTINGS), args, core_class)
+        body = [
+            "",
+            f"- Peer: PyPOTS {peer_version} CSDI core, sizes {CSDI_PAPER_SIZES}; ours: the default time-series config.",
+            f"- One torch thread; up to {args.repeats} timed repeats per measure after one warm-up, at most "
+            f"{args.allowance:.0f} s per measure.",
+            f"- Load average before: {load_before}; after: {load_average()}; {time.perf_counter() - started:.0f} s "
+            "in all. CPU times are reported; the cores were shared with other jobs.",
+            "",
+            *table,
+        ]
+        path = write_results(args.out or FIT_COST_OUT, "Time-series fit cost against PyPOTS' CSDI", command, body)
+        print(f"wrote {path}")
+        return path
     load_before, started = load_average(), time.perf_counter()
     cells: list[Cell] = []
     for k in features:
@@ -442,7 +563,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
     config = our_module(features[0], windows[0], args.override).config
     net = {k: v for k, v in config["domain"]["net"].items() if k != "_target_"}
-    sampler_steps = int(config["sampler"]["steps"])
+    sampler, sampler_steps = str(config["sampler"]["method"]), int(config["sampler"]["steps"])
     peer_line = (
         f"PyPOTS {peer_version} CSDI core, sizes {CSDI_PAPER_SIZES}, {PEER_DIFFUSION_STEPS} diffusion steps"
         if peer_version
@@ -459,11 +580,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
         f"- Load average before: {load_before}; after: {load_after}; {elapsed:.0f} s in all. The machine's cores "
         "are shared with other jobs: wall times above CPU times show waiting for a core.",
         "",
-        *tables(cells, args, sampler_steps),
+        *tables(cells, args, sampler, sampler_steps),
         *growth_table(cells, args.n_samples),
     ]
-    command = "python benchmarks/ts_scaling.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    path = write_results(args.out, "Time-series denoiser cost against K and L", command.strip(), body)
+    path = write_results(args.out or DEFAULT_OUT, "Time-series denoiser cost against K and L", command, body)
     print(f"wrote {path}")
     return path
 

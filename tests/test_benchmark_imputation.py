@@ -91,6 +91,19 @@ def test_end_to_end_on_an_untrained_checkpoint(tmp_path):
     for row in ("window mean", "LOCF", "linear interpolation", "ours, dpmpp_2m 2 steps", "90% random", "block"):
         assert row in text
     assert "ms per window" in text
+    for title, path in bench.INCLUDED_RESULTS.items():
+        assert f"## {title}" in text and f"From `benchmarks/results/{path.name}`" in text
+    assert "#### One training step" in text, "the scaling tables come one heading level deeper"
+
+
+def test_other_results_become_sections_one_heading_level_deeper(tmp_path):
+    other = tmp_path / "other.md"
+    other.write_text("# Other\n\n- Date: 2026-01-01\n\n### Table\n\n| a |\n")
+    lines = bench.included_section("Scaling", other)
+    assert lines[0] == "## Scaling" and "#### Table" in lines and "| a |" in lines
+    assert "# Other" not in lines and "- Date: 2026-01-01" in lines
+    missing = bench.included_section("Forecasting", tmp_path / "absent.md")
+    assert missing[0] == "## Forecasting" and "`absent.md` has not been written yet" in missing[2]
 
 
 def test_a_peer_past_its_cap_gets_a_stopped_row_and_our_training_a_budget(tmp_path, monkeypatch):

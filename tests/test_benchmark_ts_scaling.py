@@ -2,11 +2,14 @@
 positive figure in every measured cell (the peer's cells too when PyPOTS is installed), and the timing rules
 (warm-up, repeats, allowance, run budget) hold."""
 
+import argparse
 import importlib.util
 import re
 
 import pytest
 from conftest import load_benchmark
+
+from toolkit.config import compose_config
 
 bench = load_benchmark("ts_scaling")
 HAS_PYPOTS = importlib.util.find_spec("pypots") is not None
@@ -61,9 +64,18 @@ def test_quick_run_tables_hold_positive_costs_for_every_cell(quick_run):
             assert float(row[6].rstrip("x")) > 0
         else:
             assert row[3] == row[5] == row[6] == "-"
+    steps = compose_config(["domain=timeseries"]).sampler.steps
     for row in eval_rows:
         sampling_ms = positive_ms(row[header.index("ours sampling CPU ms")])
-        assert sampling_ms == pytest.approx(10 * float(row[4]), rel=0.01)  # the config's 10 sampler steps
+        assert sampling_ms == pytest.approx(steps * float(row[4]), rel=0.01)  # the config's sampler steps
+    if HAS_PYPOTS:
+        speed_ups = [float(r[-1].rstrip("x")) for r in eval_rows]
+        summary = re.search(
+            r"Smallest sampling speed-up over the peer \(CPU time\), K = 1: ([0-9.]+)x .*; K >= 4: ([0-9.]+)x",
+            quick_run,
+        )
+        assert float(summary.group(1)) == pytest.approx(min(speed_ups[: len(bench.QUICK_WINDOWS)]), abs=0.06)
+        assert float(summary.group(2)) == pytest.approx(min(speed_ups[len(bench.QUICK_WINDOWS) :]), abs=0.06)
     _, params = table_rows(quick_run, "Parameters")
     assert [int(r[0]) for r in params] == list(bench.QUICK_FEATURES)
     assert all(int(r[1]) > 0 for r in params)
@@ -113,3 +125,22 @@ def test_bad_arguments_are_refused():
         bench.main(["--repeats", "0", "--no-peer"])
     with pytest.raises(SystemExit):
         bench.main(["--features", "0", "--no-peer"])
+
+
+@pytest.mark.skipif(not HAS_PYPOTS, reason="the fit cost compares against PyPOTS' CSDI")
+def test_fit_cost_projects_our_steps_and_validations_against_the_peers_iterations():
+    args = argparse.Namespace(repeats=1, allowance=0.1, n_samples=2, override=[], batch=4)
+    _, core_class = bench.import_pypots_core()
+    lines = bench.fit_cost(["interest_inflation"], args, core_class)
+    header, rows = table_rows("\n".join(lines), f"Fit cost against the peer's {bench.PEER_ITERATIONS} iterations")
+    assert rows[0][0] == "interest_inflation (2 x 16)"
+    row = dict(zip(header, rows[0], strict=True))
+    step, peer_step = float(row["ours step CPU ms"]) / 1000, float(row["peer iteration CPU ms"]) / 1000
+    validation = float(row["one validation CPU ms"]) / 1000
+    interval = compose_config(["domain=timeseries"]).trainer.val_check_interval
+    assert float(row["ours 1000 steps CPU s"]) == pytest.approx(1000 * step + 1000 / interval * validation, abs=1)
+    assert float(row[f"peer {bench.PEER_ITERATIONS} iterations CPU s"]) == pytest.approx(
+        bench.PEER_ITERATIONS * peer_step, abs=1
+    )
+    break_even = float(row["ours at most, steps"])
+    assert break_even * (step + validation / interval) == pytest.approx(bench.PEER_ITERATIONS * peer_step, rel=0.01)

@@ -23,6 +23,7 @@ from toolkit.domains.timeseries import (
     TrainingMasker,
     block_hidden,
     historical_hidden,
+    interest_inflation_frame,
     make_windows,
     random_hidden,
     read_series,
@@ -514,7 +515,7 @@ def test_training_batch_conditions_on_kept_values_and_scores_hidden_ones():
 # ----------------------------------------------------------------------------- embedded data and domain
 
 
-@pytest.mark.parametrize(("source", "k"), [("co2", 1), ("macrodata", 12), ("synthetic", 4)])
+@pytest.mark.parametrize(("source", "k"), [("co2", 1), ("macrodata", 12), ("interest_inflation", 2), ("synthetic", 4)])
 def test_embedded_sources_load(source, k):
     domain = TimeSeriesDomain(SMALL_NET, source=source, window=32, stride=16)
     assert domain.sample_shape == (k, 32) and len(domain.columns) == k
@@ -528,6 +529,20 @@ def test_embedded_sources_load(source, k):
     if source == "co2":
         assert sum(np.isnan(s.values).sum() for s in train.series) > 0
     assert isinstance(domain.build_net(), CSDINet)
+
+
+def test_interest_inflation_is_the_quarterly_table_and_columns_pick_series():
+    frame_ = interest_inflation_frame()
+    assert list(frame_.columns) == ["Dp", "R"] and len(frame_) == 107
+    assert frame_.index[0] == pd.Timestamp("1972-04-01") and frame_.index[-1] == pd.Timestamp("1998-10-01")
+    assert (frame_.index.to_series().diff().dropna().dt.days.between(89, 92)).all()
+    assert frame_.notna().all().all()
+    domain = TimeSeriesDomain(SMALL_NET, source="interest_inflation", columns=["R"], window=16, stride=4)
+    assert domain.columns == ["R"] and domain.sample_shape == (1, 16)
+    train, val = domain.splits()
+    np.testing.assert_array_equal(
+        np.concatenate([train.series[0].values, val.series[0].values])[:, 0], frame_["R"].to_numpy()
+    )
 
 
 def test_synthetic_is_seeded_and_truth_matches_observed():

@@ -74,7 +74,14 @@ from toolkit.domains.timeseries.reading import (
     read_series,
     split_by_time,
 )
-from toolkit.domains.timeseries.sources import MACRODATA_COLUMNS, co2_frame, macrodata_frame, synthetic_frames
+from toolkit.domains.timeseries.sources import (
+    INTEREST_INFLATION_COLUMNS,
+    MACRODATA_COLUMNS,
+    co2_frame,
+    interest_inflation_frame,
+    macrodata_frame,
+    synthetic_frames,
+)
 from toolkit.domains.timeseries.windows import (
     Normalizer,
     Windows,
@@ -86,6 +93,7 @@ from toolkit.domains.timeseries.windows import (
 
 __all__ = [
     "FILE_SUFFIXES",
+    "INTEREST_INFLATION_COLUMNS",
     "MACRODATA_COLUMNS",
     "MASK_STRATEGIES",
     "MAX_GRID_RATIO",
@@ -104,6 +112,7 @@ __all__ = [
     "check_separator",
     "co2_frame",
     "historical_hidden",
+    "interest_inflation_frame",
     "macrodata_frame",
     "make_windows",
     "parse_times",

@@ -21,10 +21,21 @@ from toolkit.domains.base import GRID_FILE, SAMPLES_FILE, STRIP_FILE, Domain, Tr
 from toolkit.domains.data import ResumableLoader
 from toolkit.domains.timeseries.masks import TrainingMasker, block_hidden
 from toolkit.domains.timeseries.reading import SeriesSet, read_series, split_by_time
-from toolkit.domains.timeseries.sources import MACRODATA_COLUMNS, co2_frame, macrodata_frame, synthetic_frames
+from toolkit.domains.timeseries.sources import (
+    INTEREST_INFLATION_COLUMNS,
+    MACRODATA_COLUMNS,
+    co2_frame,
+    interest_inflation_frame,
+    macrodata_frame,
+    synthetic_frames,
+)
 from toolkit.domains.timeseries.windows import Normalizer, Windows, make_windows, to_model_space, window_offset
 
-SOURCES = ("co2", "macrodata", "synthetic", "path")
+SOURCES = ("co2", "macrodata", "interest_inflation", "synthetic", "path")
+TABLE_SOURCES = {  # embedded tables whose ``columns`` option picks some of their series
+    "macrodata": (macrodata_frame, MACRODATA_COLUMNS),
+    "interest_inflation": (interest_inflation_frame, INTEREST_INFLATION_COLUMNS),
+}
 
 
 class WindowDataset(Dataset):
@@ -126,8 +137,9 @@ class TimeSeriesDomain(Domain):
         """What ``read_series`` reads for the configured source."""
         if self.source == "co2":
             return co2_frame()
-        if self.source == "macrodata":
-            return macrodata_frame(self.read_options["columns"] or MACRODATA_COLUMNS)
+        if self.source in TABLE_SOURCES:
+            frame, all_columns = TABLE_SOURCES[self.source]
+            return frame(self.read_options["columns"] or all_columns)
         if self.source == "synthetic":
             return synthetic_frames(**self.synthetic)[0]
         return self.path if isinstance(self.path, (str, Path)) else [str(p) for p in self.path]
@@ -136,7 +148,7 @@ class TimeSeriesDomain(Domain):
         """(training, validation) series, read once."""
         if self._data is None:
             options = dict(self.read_options)
-            if self.source == "macrodata":
+            if self.source in TABLE_SOURCES:
                 options["columns"] = None
             self._data = split_by_time(read_series(self.raw_data(), **options), self.val_fraction)
         return self._data

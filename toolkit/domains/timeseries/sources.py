@@ -1,5 +1,5 @@
-"""Embedded data sources: Mauna Loa CO2 and US macro data (statsmodels), and synthetic series with
-known truth."""
+"""Embedded data sources: Mauna Loa CO2, US macro data and German interest and inflation (statsmodels),
+and synthetic series with known truth."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ MACRODATA_COLUMNS = (
     "realint",
 )
 
+INTEREST_INFLATION_COLUMNS = ("Dp", "R")
+
 
 def co2_frame() -> pd.DataFrame:
     """Weekly atmospheric CO2 at Mauna Loa, 1958-2001 (statsmodels), with its real gaps."""
@@ -31,13 +33,26 @@ def co2_frame() -> pd.DataFrame:
     return co2.load_pandas().data
 
 
+def quarterly_frame(raw: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """``columns`` of a statsmodels table with ``year`` and ``quarter`` columns, indexed by quarter start."""
+    quarters = pd.PeriodIndex.from_fields(year=raw["year"].astype(int), quarter=raw["quarter"].astype(int), freq="Q")
+    return raw[list(columns)].set_index(quarters.to_timestamp())
+
+
 def macrodata_frame(columns: Sequence[str] = MACRODATA_COLUMNS) -> pd.DataFrame:
     """US quarterly macroeconomic series 1959-2009 (statsmodels), indexed by quarter start."""
     from statsmodels.datasets import macrodata
 
-    raw = macrodata.load_pandas().data
-    quarters = pd.PeriodIndex.from_fields(year=raw["year"].astype(int), quarter=raw["quarter"].astype(int), freq="Q")
-    return raw[list(columns)].set_index(quarters.to_timestamp())
+    return quarterly_frame(macrodata.load_pandas().data, columns)
+
+
+def interest_inflation_frame(columns: Sequence[str] = INTEREST_INFLATION_COLUMNS) -> pd.DataFrame:
+    """West German quarterly inflation (``Dp``, change of the log GDP deflator) and long-term interest rate
+    (``R``), 1972 Q2 - 1998 Q4 (statsmodels' ``interest_inflation``, Luetkepohl's textbook data): 107
+    quarters of two series that move together, indexed by quarter start."""
+    from statsmodels.datasets import interest_inflation
+
+    return quarterly_frame(interest_inflation.load_pandas().data, columns)
 
 
 def synthetic_frames(
