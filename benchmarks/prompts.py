@@ -130,6 +130,27 @@ def prompt_sets(root: Path, names: Sequence[str]) -> dict[str, list[Prompt]]:
     }
 
 
+def subsample(sets: dict[str, list[Prompt]], limit: int | None, seed: int = 0) -> dict[str, list[Prompt]]:
+    """At most ``limit`` prompts of each set: a seeded random subset, kept in the set's order."""
+    if limit is None:
+        return sets
+    rng = np.random.default_rng(seed)
+    return {
+        name: [prompts[i] for i in sorted(rng.choice(len(prompts), limit, replace=False))]
+        if len(prompts) > limit
+        else prompts
+        for name, prompts in sets.items()
+    }
+
+
+def set_sizes(sets: dict[str, list[Prompt]], all_sets: dict[str, list[Prompt]]) -> str:
+    """``training-style: 120 prompts of 240, ...``: the prompts drawn per set (and of how many)."""
+    return ", ".join(
+        f"{name}: {len(prompts)} prompts" + (f" of {len(all_sets[name])}" if len(prompts) < len(all_sets[name]) else "")
+        for name, prompts in sets.items()
+    )
+
+
 def judged_share(values: list[bool]) -> tuple[float, int]:
     """The share of passes and the number judged."""
     return (statistics.mean(values) if values else float("nan"), len(values))
@@ -654,13 +675,16 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--seed", type=int, default=0, help="classifier seed")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
+        "--max-prompts", type=int, help="at most this many prompts per set (a seeded random subset); default: all"
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         help="results file (default: benchmarks/results/prompts.md); only the domain's section is replaced",
     )
     args = parser.parse_args(argv)
-    if min(args.per_prompt, args.batch_size, args.classifier_epochs, args.threads) < 1:
-        parser.error("--per-prompt, --batch-size, --classifier-epochs and --threads must be >= 1")
+    if min(args.per_prompt, args.batch_size, args.classifier_epochs, args.threads, args.max_prompts or 1) < 1:
+        parser.error("--per-prompt, --batch-size, --classifier-epochs, --threads and --max-prompts must be >= 1")
     torch.set_num_threads(args.threads)
     from toolkit.module import load_module
 
@@ -677,7 +701,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
             parser.error(f"--label-ckpt is a {label_module.domain.name} model; give a {module.domain.name} one")
         judge = judge_class(module, args.classifier_epochs, args.seed)
         print(judge.description())
-        sets = prompt_sets(judge.root, judge.attributes)
+        all_sets = prompt_sets(judge.root, judge.attributes)
+        sets = subsample(all_sets, args.max_prompts, args.seed)
         rows = run(module, label_module, judge, sets, args.per_prompt, args.guidance, args.batch_size)
     sampler = module.config["sampler"]
     header = ["model", "prompts", "guidance", "samples", *(f"{c} %" for c in judge.columns), "ms / sample"]
@@ -686,7 +711,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         f"- Checkpoint: trained {torch.load(args.ckpt, weights_only=True).get('global_step', '?')} steps "
         f"({module.config['domain']['text_encoder']['kind']} text encoder); sampler {sampler['method']}, "
         f"{sampler['steps']} steps; {args.per_prompt} samples per prompt (seeds 0..), "
-        f"{', '.join(f'{k}: {len(v)} prompts' for k, v in sets.items())}",
+        f"{set_sizes(sets, all_sets)}",
         f"- Judge: {judge.description()}; the first row is the judge on real data against its own captions",
         f"- Run time: {total.seconds:.0f} s wall, {time.process_time() - cpu:.0f} s CPU, {args.threads} thread(s); "
         f"load average (1 min) before / after: {load_before:.1f} / {os.getloadavg()[0]:.1f}",

@@ -81,6 +81,20 @@ def test_a_run_writes_every_row_and_the_floors(bench, tmp_path):
     assert text.count("- guidance ") == 2 and "on held-out combinations" in text
 
 
+def test_max_prompts_keeps_a_seeded_subset_in_order(bench):
+    sets = {
+        "big": [bench.Prompt(f"p{i:02d}", {}) for i in range(30)],
+        "small": [bench.Prompt("q", {})],
+    }
+    picked = bench.subsample(sets, 10, seed=0)
+    texts = [p.text for p in picked["big"]]
+    assert len(texts) == 10 and texts == sorted(texts) and len(set(texts)) == 10
+    assert texts != [p.text for p in sets["big"][:10]]  # spread over the set, not its head
+    assert [p.text for p in bench.subsample(sets, 10, seed=0)["big"]] == texts
+    assert picked["small"] == sets["small"] and bench.subsample(sets, None) is sets
+    assert bench.set_sizes(picked, sets) == "big: 10 prompts of 30, small: 1 prompts"
+
+
 def test_results_file_keeps_the_other_domains_sections(bench, tmp_path):
     path = tmp_path / "prompts.md"
     bench.write_section(path, "pointcloud", "python benchmarks/prompts.py --ckpt P", ["pointcloud rows"])
