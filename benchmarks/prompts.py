@@ -717,7 +717,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         f"load average (1 min) before / after: {load_before:.1f} / {os.getloadavg()[0]:.1f}",
         "- Cells: share of the samples that name the attribute which pass, with that count in brackets",
         "",
-        f"## Against the issue's floors ({floors})",
+        f"### Against the issue's floors ({floors})",
         "",
         *verdicts(rows, judge),
         "",
