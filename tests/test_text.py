@@ -95,18 +95,34 @@ def test_text_nets_take_prompts_and_tokens_none_is_the_empty_prompt(name):
 
 
 @pytest.mark.parametrize("name", NETS)
-def test_text_layers_start_at_zero_so_an_untrained_net_ignores_the_prompt(name):
+def test_an_untrained_net_hears_the_prompt_and_its_encoder_learns_from_the_first_step(name):
+    """The pooled vector reaches the net through a randomly initialised projection (as a class embedding
+    would); a zero one would keep the encoder's gradients at zero until it grew. Cross-attention still
+    starts at zero: with the pooled projection zeroed, the untrained net ignores the prompt."""
     build, draw = NETS[name]
     config = {"kind": "learned", **SMALL}
     torch.manual_seed(0)
-    net = build(config).eval()
+    net = build(config)
     x, t = draw(torch.Generator().manual_seed(1)), torch.tensor([0.3, 0.7])
-    with torch.no_grad():
-        for key, parameter in net.named_parameters():  # all but the layers that bring the prompt in
-            if not ("cross_attention" in key or "text_pooled" in key):
+    tokens = build_tokenizer(config)(["a bold seven", "eight"])
+    with torch.no_grad():  # as after some training of everything but the layers that bring the prompt in
+        for key, parameter in net.named_parameters():
+            if not ("cross_attention" in key or "text_" in key):
                 parameter.add_(torch.randn_like(parameter) * 0.1)
-        tokens = build_tokenizer(config)(["a bold seven", "eight"])
+
+    def encoder_gradient() -> float:
+        net.zero_grad()
+        net(x, t, tokens=tokens).square().mean().backward()
+        return sum(p.grad.abs().sum().item() for p in net.text_encoder.parameters() if p.grad is not None)
+
+    with torch.no_grad():
+        assert not torch.allclose(net(x, t, tokens=tokens), net(x, t, tokens=tokens.flip(0)))
+    assert encoder_gradient() > 0
+    with torch.no_grad():
+        torch.nn.init.zeros_(net.text_pooled.weight)
+        torch.nn.init.zeros_(net.text_pooled.bias)
         assert torch.equal(net(x, t, tokens=tokens), net(x, t))
+    assert encoder_gradient() == 0
 
 
 @pytest.mark.parametrize("name", NETS)
