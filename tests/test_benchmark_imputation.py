@@ -137,6 +137,42 @@ def test_a_peer_past_its_cap_gets_a_stopped_row_and_our_training_a_budget(tmp_pa
     assert "| ours, dpmpp_2m 2 steps |" in text
 
 
+def test_a_peer_stopped_by_its_training_budget_is_scored_and_named_capped(tmp_path, monkeypatch):
+    import benchmarks.pypots_peer as peer_module
+
+    ckpt = save_untrained_checkpoint(tmp_path / "untrained.ckpt", TINY_TIMESERIES)
+    calls = []
+
+    def budget_stopped(function, cap_seconds, train, test, **kwargs):
+        calls.append((cap_seconds, kwargs["fit_seconds"], kwargs["epochs"], kwargs["batch_size"], len(train)))
+        samples = np.repeat(np.nan_to_num(test, nan=0.0)[None], kwargs["n_samples"], axis=0)
+        return {
+            "samples": samples,
+            "fit_seconds": 90.4,
+            "predict_seconds": 1.0,
+            "version": "1.3",
+            "iterations": 41,
+            "planned_iterations": 1500,
+            "budget_stopped": True,
+            "best_epoch": 5,
+        }
+
+    monkeypatch.setattr(peer_module, "run_capped", budget_stopped)
+    out = tmp_path / "imputation.md"
+    bench.main(
+        ["--sources", "co2", "--ckpt", f"co2={ckpt}", "--steps", "2", "--n-samples", "2", "--mask-repeats", "1"]
+        + ["--fit-budget", "90s", "--out", str(out)]
+    )
+    (cap, fit_seconds, epochs, batch, windows), *others = calls
+    assert not others and cap == bench.PEER_CAP_SECONDS and fit_seconds == 90.0
+    assert epochs * -(-windows // batch) >= bench.PEER_ITERATIONS > (epochs - 1) * -(-windows // batch)
+    text = out.read_text()
+    scores = next(line for line in text.splitlines() if line.startswith("| PyPOTS CSDI (capped) |") and "/" in line)
+    assert scores.count("/") == 8, "the capped peer is scored in every scenario"
+    assert "CAPPED: training stopped at its time budget after 41 of 1500 iterations" in text
+    assert "weights of epoch 5" in text
+
+
 @pytest.mark.parametrize(
     "arguments, message",
     [(["--peer-cap", "-1"], "--peer-cap must be"), (["--fit-budget", "soon"], "--fit-budget: time budget")],

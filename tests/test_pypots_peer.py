@@ -87,6 +87,22 @@ def test_thread_count_is_restored(peer, windows, result):
         torch.set_num_threads(previous)
 
 
+def test_full_training_reports_its_iterations(result):
+    assert result["iterations"] == result["planned_iterations"] == 2  # 16 windows in batches of 8, one epoch
+    assert not result["budget_stopped"] and result["best_epoch"] == 1
+
+
+def test_a_training_budget_stops_after_the_first_finished_epoch_and_still_samples(peer, windows):
+    pytest.importorskip("pypots")
+    train, test = windows
+    out = peer.pypots_csdi(train, test, epochs=50, n_samples=2, seed=5, fit_seconds=1e-6, **TINY)
+    assert out["budget_stopped"] and out["planned_iterations"] == 100
+    assert out["iterations"] == 3, "the epoch's 2 iterations, then the first past the budget"
+    assert out["best_epoch"] == 1
+    observed = ~np.isnan(test)
+    assert np.isfinite(out["samples"]).all() and (out["samples"][:, observed] == test[observed]).all()
+
+
 @pytest.mark.parametrize(
     "train_shape, test_shape, kwargs, message",
     [
@@ -94,6 +110,7 @@ def test_thread_count_is_restored(peer, windows, result):
         ((4, 8), (2, 8, 2), {}, r"\[N, L, K\]"),
         ((4, 8, 2), (2, 8, 2), {"n_samples": 0}, "n_samples"),
         ((4, 8, 2), (2, 8, 2), {"channels": 10, "heads": 4}, "divisible"),
+        ((4, 8, 2), (2, 8, 2), {"fit_seconds": 0}, "fit_seconds must be a positive"),
     ],
 )
 def test_bad_input_is_refused_before_training(peer, train_shape, test_shape, kwargs, message):
