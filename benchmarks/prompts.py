@@ -452,7 +452,7 @@ class PointCloudJudge:
             "(height over the larger horizontal side) and width (lamp shade diameter over height, airplane span "
             "over length), from 1-99% extents, against each class's median over the real clouds (binary; chance "
             "50%); part by geometry (armrests above the seat, one pole or four legs, engines below the wings, a "
-            "handle beyond the mug's body; points scattered below a sample's fuzzy wings count as engines too)"
+            "handle beyond the mug's body)"
         )
 
 
