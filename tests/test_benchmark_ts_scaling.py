@@ -67,7 +67,8 @@ def test_quick_run_tables_hold_positive_costs_for_every_cell(quick_run):
     steps = compose_config(["domain=timeseries"]).sampler.steps
     for row in eval_rows:
         sampling_ms = positive_ms(row[header.index("ours sampling CPU ms")])
-        assert sampling_ms == pytest.approx(steps * float(row[4]), rel=0.01)  # the config's sampler steps
+        rounding = 0.05 * (steps + 1)  # both cells are printed to 0.1 ms
+        assert sampling_ms == pytest.approx(steps * float(row[4]), rel=0.01, abs=rounding)  # the config's steps
     if HAS_PYPOTS:
         speed_ups = [float(r[-1].rstrip("x")) for r in eval_rows]
         summary = re.search(
