@@ -9,10 +9,11 @@ Each sample is measured the way its caption was made, by a judge per domain (``J
   middle third of shear;
 - audio (``experiment=audio_prompts``; captions "seven, spoken slowly in a high female voice" from
   data/audio/make_captions.py), on the log-mel spectrograms themselves: the word by a CNN trained (seeded)
-  on the real clips' training split; the voice and the pitch by a second CNN trained on the same clips to
-  tell male / female and F0 below / above the median of that voice (the measured F0 the captions' pitch
-  thirds come from); the speed by the speech duration (frames within 45 dB of the loudest frame) against
-  the median over the real clips of that word;
+  on the real clips' training split; the voice (male / female) by a second CNN; the pitch by the F0 a third
+  CNN reads (trained on the clips' measured F0, the measure the captions' pitch thirds come from) against
+  the median F0 of the prompt's voice (or, where the prompt names none, the voice read); the speed by the
+  speech duration (frames within 45 dB of the loudest frame) against the median over the real clips of
+  that word;
 - point clouds (``experiment=pointcloud_prompts``; captions "a tall lamp with a wide shade" from the
   captioned procedural set, ``toolkit.domains.pointcloud.procedural_captions``): the shape by a small PointNet
   trained (seeded) on real clouds; height and width by the captions' own ratios from robust (1-99%) extents,
@@ -474,11 +475,13 @@ def probabilities(classifier: torch.nn.Module, x: torch.Tensor, batch_size: int 
 
 class AudioJudge:
     """Audio, on the log-mel spectrograms (model space): the word by a CNN trained on the real clips'
-    training split; voice and pitch by a CNN trained on the same clips to tell the four classes male /
-    female x F0 below / above the median F0 of that voice (``f0_hz``, the measure the captions' pitch
-    thirds were cut from; the prompt's pitch passes on the side it names); speed by the speech duration
-    against the median duration of the real clips of that word (the captions cut thirds of it per word).
-    The ceiling row judges the judge's held-out real clips against their own captions."""
+    training split; the voice (male / female) by a second CNN trained on the same clips; the pitch by the
+    F0 a third CNN reads (trained on the clips' measured ``f0_hz`` in bins of 2 semitones, read as the
+    expected log F0) against the median F0 of the voice: the voice the prompt names, else the one the
+    voice CNN reads (the captions' pitch thirds were cut per voice, so the same 120 Hz is high for a man
+    and low for a woman); speed by the speech duration against the median duration of the real clips of
+    that word (the captions cut thirds of it per word). The ceiling row judges the judge's held-out real
+    clips against their own captions."""
 
     domain = "audio"
     key = "word"
@@ -488,6 +491,7 @@ class AudioJudge:
     checkpoint = "runs/audio/<time>/checkpoints/last.ckpt"
     default_root = SPOKEN_DIGITS_ROOT
     voices = ("male", "female")
+    f0_bin_edges_hz = 40.0 * 2 ** (np.arange(21) / 6)  # 40-400 Hz in 20 bins of 2 semitones
     held_out_fraction = 0.25
     speech_floor_db = 45.0  # as the clips' trimming (data/audio/README.md)
 
@@ -500,21 +504,53 @@ class AudioJudge:
         x = self.encode_files(root, names)
         prompts = [Prompt(rows[n]["text"], {a: str(rows[n][a]) for a in self.attributes}) for n in names]
         words = torch.tensor([self.class_of(p) for p in prompts])
-        voice_pitch = torch.tensor(self.voice_pitch_classes(rows, names))
+        voice, f0 = self.voices_and_f0(rows, names)
+        self.median_f0 = {name: float(np.median(f0[voice == v])) for v, name in enumerate(self.voices)}
         train, held_out = split_indices(len(names), self.held_out_fraction, seed, labels=words)
         fit = audio_quality.train_classifier
         self.word_classifier = fit(x[train], words[train], len(self.class_names), epochs, seed=seed)
-        self.voice_pitch_classifier = fit(x[train], voice_pitch[train], 2 * len(self.voices), epochs, seed=seed)
+        self.voice_classifier = fit(x[train], torch.from_numpy(voice)[train], len(self.voices), epochs, seed=seed)
+        f0_bins = torch.from_numpy(self.f0_bin(f0))
+        self.f0_classifier = fit(x[train], f0_bins[train], len(self.f0_bin_edges_hz) - 1, epochs, seed=seed)
         durations = speech_ms(x, self.domain_, self.speech_floor_db)
         word_of = np.array([p["word"] for p in prompts])
         self.median_ms = {word: float(np.median(durations[word_of == word])) for word in set(word_of)}
         self.real = (x[held_out], [prompts[i] for i in held_out.tolist()])
-        voice_read, above_read = self.read_voice_pitch(x[held_out])
+        read_f0, truth = self.read_f0(x[held_out]), f0[held_out.numpy()]
+        above = truth > np.array([self.median_f0[self.voices[v]] for v in voice[held_out.numpy()]])
+        read_above = read_f0 > np.array([self.median_f0[self.voices[v]] for v in voice[held_out.numpy()]])
         self.accuracy = {
             "word": float((self.classes(x[held_out]) == words[held_out].numpy()).mean()),
-            "voice": float((voice_read == voice_pitch[held_out].numpy() // 2).mean()),
-            "F0 side": float((above_read == voice_pitch[held_out].numpy() % 2).mean()),
+            "voice": float((self.read_voice(x[held_out]) == voice[held_out.numpy()]).mean()),
+            "F0 side": float((read_above == above).mean()),
+            "F0 error (semitones)": float(np.median(np.abs(12 * np.log2(read_f0 / truth)))),
         }
+
+    @classmethod
+    def voices_and_f0(cls, rows: dict[str, dict], names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Per clip: its voice (0 male, 1 female; ``clip_voice``: ``voice`` is what the caption names, ""
+        where it names none) and its measured F0 in Hz."""
+        if any("f0_hz" not in rows[n] or "clip_voice" not in rows[n] for n in names):
+            raise ValueError(
+                "the captions have no f0_hz or clip_voice column; rebuild them with data/audio/make_captions.py"
+            )
+        voice = np.array([cls.voices.index(rows[n]["clip_voice"]) for n in names])
+        return voice, np.array([float(rows[n]["f0_hz"]) for n in names])
+
+    @classmethod
+    def f0_bin(cls, f0_hz: np.ndarray) -> np.ndarray:
+        """The bin of ``f0_bin_edges_hz`` each F0 falls in (out-of-range values in the end bins)."""
+        return np.clip(np.searchsorted(cls.f0_bin_edges_hz, f0_hz) - 1, 0, len(cls.f0_bin_edges_hz) - 2)
+
+    def read_voice(self, x: torch.Tensor) -> np.ndarray:
+        """The voice (0 male, 1 female) the voice classifier reads in each log-mel."""
+        return probabilities(self.voice_classifier, x.clamp(-1, 1)).argmax(axis=1)
+
+    def read_f0(self, x: torch.Tensor) -> np.ndarray:
+        """The F0 (Hz) the F0 classifier reads in each log-mel: its expected log F0 over the bins' centres."""
+        edges = np.log(self.f0_bin_edges_hz)
+        centres = (edges[:-1] + edges[1:]) / 2
+        return np.exp(probabilities(self.f0_classifier, x.clamp(-1, 1)) @ centres)
 
     def encode_files(self, root: Path, names: Sequence[str]) -> torch.Tensor:
         """The clips ``names`` under ``root`` as the domain's log-mels [n, 1, n_mels, frames]."""
@@ -523,25 +559,6 @@ class AudioJudge:
             fit_length(torch.from_numpy(load_audio(root / n, domain.sample_rate)), domain.clip_samples) for n in names
         ]
         return torch.cat([domain.encode(chunk) for chunk in torch.stack(waves).split(64)])
-
-    @classmethod
-    def voice_pitch_classes(cls, rows: dict[str, dict], names: Sequence[str]) -> list[int]:
-        """Per clip: 2 * voice (0 male, 1 female) + (its measured F0 above its voice's median). The clip's
-        voice is ``clip_voice``: ``voice`` is what the caption names, "" where it names none."""
-        if any("f0_hz" not in rows[n] or "clip_voice" not in rows[n] for n in names):
-            raise ValueError(
-                "the captions have no f0_hz or clip_voice column; rebuild them with data/audio/make_captions.py"
-            )
-        voice = np.array([cls.voices.index(rows[n]["clip_voice"]) for n in names])
-        f0 = np.array([float(rows[n]["f0_hz"]) for n in names])
-        medians = np.array([np.median(f0[voice == v]) for v in range(len(cls.voices))])
-        return (2 * voice + (f0 > medians[voice])).tolist()
-
-    def read_voice_pitch(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """The voice (0 male, 1 female) and whether F0 is above the voice's median, each by the classifier's
-        summed probability over the other attribute."""
-        p = probabilities(self.voice_pitch_classifier, x.clamp(-1, 1)).reshape(-1, len(self.voices), 2)
-        return p.sum(axis=2).argmax(axis=1), p.sum(axis=1).argmax(axis=1)
 
     def classes(self, x: torch.Tensor) -> np.ndarray:
         """The word the classifier reads in each log-mel, as the index of its class folder (the label model's)."""
@@ -552,7 +569,7 @@ class AudioJudge:
 
     def judge(self, x: torch.Tensor, prompts: Sequence[Prompt]) -> dict[str, list[bool]]:
         """Per attribute, one pass/fail per sample that names it (``x`` in model space)."""
-        words, (voices, above) = self.classes(x), self.read_voice_pitch(x)
+        words, voices, f0 = self.classes(x), self.read_voice(x), self.read_f0(x)
         durations = speech_ms(x, self.domain_, self.speech_floor_db)
         results: dict[str, list[bool]] = {name: [] for name in self.columns}
         for i, p in enumerate(prompts):
@@ -560,7 +577,8 @@ class AudioJudge:
             if p["voice"]:
                 results["voice"].append(bool(self.voices[voices[i]] == p["voice"]))
             if p["pitch"]:
-                results["pitch"].append(bool(above[i] == (p["pitch"] == "high")))
+                median = self.median_f0[p["voice"] or self.voices[voices[i]]]
+                results["pitch"].append(bool((f0[i] > median) == (p["pitch"] == "high")))
             if p["speed"]:
                 median = self.median_ms[p["word"]]
                 results["speed"].append(bool(durations[i] < median if p["speed"] == "fast" else durations[i] > median))
@@ -573,9 +591,12 @@ class AudioJudge:
     def description(self) -> str:
         accuracy = self.accuracy
         return (
-            f"on {len(self.real[1])} held-out real clips, a CNN reads the word at {100 * accuracy['word']:.1f}% and "
-            f"a second one the voice at {100 * accuracy['voice']:.1f}% and the side of the voice's median F0 at "
-            f"{100 * accuracy['F0 side']:.1f}% (binary; chance 50%); pitch passes on the side the prompt names; "
+            f"on {len(self.real[1])} held-out real clips, a CNN reads the word at {100 * accuracy['word']:.1f}%, "
+            f"a second one the voice at {100 * accuracy['voice']:.1f}% and a third one the F0 (median error "
+            f"{accuracy['F0 error (semitones)']:.1f} semitones; the side of the voice's median F0 right for "
+            f"{100 * accuracy['F0 side']:.1f}%); pitch passes when that F0 lies on the side the prompt names of "
+            f"the median F0 of the prompt's voice, or where it names none, the voice read (male "
+            f"{self.median_f0['male']:.0f} Hz, female {self.median_f0['female']:.0f} Hz; binary; chance 50%); "
             f"speed by the speech duration (frames within {self.speech_floor_db:g} dB of the loudest) against the "
             "word's median over the real clips (binary; chance 50%)"
         )

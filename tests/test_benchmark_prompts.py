@@ -143,21 +143,30 @@ def test_speech_duration_counts_the_frames_within_the_floor_of_the_loudest(bench
     np.testing.assert_allclose(bench.speech_ms(x, domain, 55.0)[0], 35 * hop_ms)
 
 
-def test_voice_pitch_classes_split_each_voice_at_its_median_f0(bench):
-    rows = {
-        name: {"clip_voice": voice, "f0_hz": str(f0)}
-        for name, voice, f0 in [
-            ("a", "male", 70.0),
-            ("b", "male", 90.0),
-            ("c", "male", 120.0),
-            ("d", "female", 110.0),  # lower than a male clip, but low for a female voice
-            ("e", "female", 190.0),
-            ("f", "female", 250.0),
-        ]
-    }
-    assert bench.AudioJudge.voice_pitch_classes(rows, list(rows)) == [0, 0, 1, 2, 2, 3]
+def test_voices_and_f0_come_from_the_captions_and_f0_falls_in_two_semitone_bins(bench):
+    rows = {"a": {"clip_voice": "male", "f0_hz": "70.0"}, "b": {"clip_voice": "female", "f0_hz": "121.5"}}
+    voice, f0 = bench.AudioJudge.voices_and_f0(rows, ["b", "a"])
+    assert voice.tolist() == [1, 0] and f0.tolist() == [121.5, 70.0]
     with pytest.raises(ValueError, match="make_captions.py"):
-        bench.AudioJudge.voice_pitch_classes({"a": {"clip_voice": "male"}}, ["a"])
+        bench.AudioJudge.voices_and_f0({"a": {"clip_voice": "male"}}, ["a"])
+    semitone = 2 ** (1 / 12)
+    bins = bench.AudioJudge.f0_bin(np.array([30.0, 40.5, 40 * semitone**2.5, 399.0, 900.0]))
+    assert bins.tolist() == [0, 0, 1, 19, 19]
+
+
+def test_pitch_is_judged_against_the_median_f0_of_the_prompts_voice(bench, audio_judge, monkeypatch):
+    """The same 120 Hz passes "high" for a man and "low" for a woman; a prompt without a voice uses the
+    voice read."""
+    x = torch.zeros(3, 1, 64, 64)
+    monkeypatch.setattr(audio_judge, "read_f0", lambda x: np.full(len(x), 120.0))
+    monkeypatch.setattr(audio_judge, "read_voice", lambda x: np.array([0, 1, 1]))
+    assert audio_judge.median_f0["male"] < 120 < audio_judge.median_f0["female"]
+    prompt = lambda voice, pitch: bench.Prompt("", {"word": "one", "voice": voice, "pitch": pitch, "speed": ""})  # noqa: E731
+    assert audio_judge.judge(x, [prompt("male", "high"), prompt("female", "low"), prompt("", "high")])["pitch"] == [
+        True,
+        True,
+        False,
+    ]
 
 
 def test_audio_prompt_sets_come_from_the_shipped_captions(bench):
@@ -201,7 +210,7 @@ def test_audio_classes_follow_the_label_models_class_folders(bench, audio_judge)
     assert audio_judge.class_of(seven) == label_domain.class_names.index("seven")
     x, prompts = audio_judge.real
     assert audio_judge.classes(x).shape == (len(prompts),)
-    assert set(audio_judge.accuracy) == {"word", "voice", "F0 side"}
+    assert set(audio_judge.accuracy) == {"word", "voice", "F0 side", "F0 error (semitones)"}
     assert "held-out real clips" in audio_judge.description()
 
 

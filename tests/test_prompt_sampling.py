@@ -77,6 +77,23 @@ def test_guidance_1_is_conditional_sampling(module):
     assert torch.equal(guided["x"], plain) and guided["prompts"] == prompts
 
 
+def test_guidance_interval_limits_guidance_to_the_times_inside_it(module):
+    prompts = ["a seven", "a one", "a seven"]
+    draw = lambda **kw: module.generate(3, seed=2, steps=4, prompt=prompts, **kw)["x"]  # noqa: E731
+    guided, conditional = draw(guidance=3.0), draw(guidance=1.0)
+    assert torch.equal(draw(guidance=3.0, guidance_interval=(0.0, 1.0)), guided)
+    assert torch.equal(draw(guidance=3.0, guidance_interval=(0.0, 1e-6)), conditional)  # no step inside
+    part = draw(guidance=3.0, guidance_interval=(0.0, 0.5))
+    assert not torch.allclose(part, guided) and not torch.allclose(part, conditional)
+    module.config["sampler"]["guidance_interval"] = [0.0, 0.5]
+    try:
+        assert torch.equal(draw(guidance=3.0), part)  # the sampler config's interval is the default
+    finally:
+        module.config["sampler"]["guidance_interval"] = None
+    with pytest.raises(ValueError, match="t_low < t_high"):
+        draw(guidance=1.0, guidance_interval=(0.5, 0.2))
+
+
 def test_same_seed_and_prompt_same_bits_and_prompts_matter(module):
     first = module.generate(4, seed=1, steps=3, guidance=3.0, prompt="a seven", trajectory_every=1)
     again = module.generate(4, seed=1, steps=3, guidance=3.0, prompt="a seven", trajectory_every=1)
@@ -235,6 +252,8 @@ def test_sample_cli_prompt_errors(checkpoint, tmp_path, capsys):
     assert "is not a file" in error_of(capsys, [*base, f"prompts={tmp_path / 'missing.txt'}"])
     assert "not both" in error_of(capsys, [*base, "prompt=a one", f"prompts={empty}"])
     assert 'takes prompts instead (prompt="...")' in error_of(capsys, [*base, "label=3"])
+    assert "not two numbers LOW,HIGH" in error_of(capsys, [*base, "prompt=a one", "guidance_interval=0.5"])
+    assert "t_low < t_high" in error_of(capsys, [*base, "prompt=a one", "guidance=2", "guidance_interval=0.5,0.2"])
     plain = save_module(DiffusionModule(OmegaConf.to_container(tiny_image_config(), resolve=True)), tmp_path / "p.ckpt")
     assert "not trained with captions" in error_of(capsys, [f"ckpt={plain}", *base[1:], "prompt=a one"])
     assert not (tmp_path / "out").exists()

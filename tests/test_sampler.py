@@ -30,6 +30,26 @@ def test_guided_is_the_classifier_free_combination_of_both_branches():
     assert torch.allclose(out, x0_u + 3.0 * (x0_c - x0_u))
 
 
+def test_guidance_interval_guides_inside_it_and_is_plain_conditional_outside():
+    x, t = torch.randn(3, 3), torch.tensor([0.1, 0.5, 0.9])
+    cond, uncond = {"label": torch.tensor([1, 2, 3])}, {"label": torch.tensor([0, 0, 0])}
+    calls = []
+
+    def counted(x_t, t_, **c):
+        calls.append(len(x_t))
+        return linear_denoiser(x_t, t_, **c)
+
+    out = guided(counted, 3.0, uncond, interval=(0.3, 0.7))(x, t, **cond)
+    x0_c, x0_u = linear_denoiser(x, t, **cond), linear_denoiser(x, t, **uncond)
+    assert torch.allclose(out[1], x0_u[1] + 3.0 * (x0_c[1] - x0_u[1]))
+    assert torch.allclose(out[[0, 2]], x0_c[[0, 2]])
+    calls.clear()
+    outside = guided(counted, 3.0, uncond, interval=(0.3, 0.7))(x[:1], t[:1], **{"label": cond["label"][:1]})
+    assert calls == [1] and torch.allclose(outside, x0_c[:1])  # one call, no unconditional branch
+    with pytest.raises(ValueError, match="guidance interval"):
+        guided(linear_denoiser, 3.0, uncond, interval=(0.7, 0.3))
+
+
 def test_known_region_holds_the_known_values_in_every_estimate():
     mask = torch.tensor([[1.0, 0.0, 1.0]])
     region = KnownRegion(mask, torch.full((1, 3), 7.0))

@@ -314,11 +314,13 @@ def _batch_part(value, part: slice, n: int):
 
 
 def sampler_options(cfg: dict, method: str, steps: int) -> dict:
-    """Keyword arguments for ``sampler.sample`` from the sampler config: ``spacing`` (with
+    """Keyword arguments for ``sampler.sample`` from the sampler config: ``guidance_interval``, ``spacing`` (with
     ``spacing=tuned``, the times for ``method`` and ``steps`` from ``grid_file``) and the method's
     own options (unipc's ``order``, ``variant``) when the configured method is the one used: a config
     composed from one sampler group with another ``sampler.method`` keeps only what that method takes."""
     options = {}
+    if cfg.get("guidance_interval") is not None:
+        options["guidance_interval"] = tuple(cfg["guidance_interval"])
     if cfg.get("spacing") == "tuned":
         if not cfg.get("grid_file"):
             raise ValueError(

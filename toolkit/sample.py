@@ -68,6 +68,14 @@ def number(key: str, value: str) -> float:
     return parsed
 
 
+def interval(key: str, value: str) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in value.split(","))
+    except ValueError:
+        raise ValueError(f"{key}={value} is not two numbers LOW,HIGH; e.g. {key}=0,0.5") from None
+    return low, high  # the sampler checks the bounds
+
+
 def boolean(key: str, value: str) -> bool:
     if value.lower() in ("true", "yes", "1"):
         return True
@@ -91,6 +99,7 @@ KEYS: dict[str, tuple[object, Callable[[str, str], object], str]] = {
     "steps": (None, integer(1), "sampler steps; default: the checkpoint's sampler.steps"),
     "sampler": (None, sampler_name, f"one of {', '.join(SAMPLERS)}; default: the checkpoint's"),
     "guidance": (None, number, "classifier-free guidance scale (1 = none); default: the checkpoint's"),
+    "guidance_interval": (None, interval, "LOW,HIGH: guide only at times in it (1 = noise); default: the checkpoint's"),
     "label": (None, text, "class name (label=three) or index into the sorted class names; default: round-robin"),
     "prompt": (None, text, "text prompt for every sample (models trained on captions)"),
     "prompts": (None, text, "file of prompts, one a line (blank lines skipped), n samples each"),
@@ -279,6 +288,7 @@ def run(args: dict) -> list[Path]:
         method=args["sampler"],
         steps=args["steps"],
         guidance=args["guidance"],
+        **({} if args["guidance_interval"] is None else {"guidance_interval": args["guidance_interval"]}),
         trajectory_every=args["trajectory_every"],
         progress=True,
         shape=shape,

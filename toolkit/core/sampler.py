@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from toolkit.core import schedule as schedules
 from toolkit.core.schedule import Schedule
-from toolkit.core.wrappers import DenoiserFn, KnownRegion, guided
+from toolkit.core.wrappers import DenoiserFn, KnownRegion, checked_interval, guided
 
 
 @dataclass
@@ -488,6 +488,7 @@ def sample(
     cond: dict[str, Tensor] | None = None,
     guidance: float | None = None,
     uncond: dict[str, Tensor] | None = None,
+    guidance_interval: Sequence[float] | None = None,
     known_mask: Tensor | None = None,
     known_values: Tensor | None = None,
     x_init: Tensor | None = None,
@@ -507,6 +508,7 @@ def sample(
     - ``cond``: keyword tensors for the denoiser (labels, observed values...).
     - ``guidance`` with ``uncond``: classifier-free guidance (``guided``),
       ``x0 = x0(uncond) + guidance * (x0(cond) - x0(uncond))``; ``uncond`` may be a negative prompt.
+      ``guidance_interval=(t_low, t_high)``: guidance only at times t (1 = pure noise) within it.
     - ``known_mask`` (1 = known) with ``known_values``: the known region (``KnownRegion``) is held
       at its value in every clean estimate, so the noisy state carries it at the right noise level,
       and it is returned exactly (inpainting, outpainting, imputation). This replacement conditioning
@@ -528,11 +530,13 @@ def sample(
     sched = schedules.get(schedule)
     shape = tuple(int(d) for d in shape)
     _check_inputs(steps, strength, x_init, known_mask, known_values, guidance, uncond)
+    if guidance_interval is not None:
+        checked_interval(guidance_interval)  # also where guidance is off: a bad setting fails at once
     device = torch.device(device) if device is not None else _infer_device(cond, x_init, known_values)
     noise = NoiseSource(seeds_for(seed, shape[0]), shape[1:], device, dtype)
     grid = _grid(sched, method, spec, steps, strength, spacing, sigma_min, times, method_options)
     if guidance is not None:
-        denoiser = guided(denoiser, guidance, uncond)
+        denoiser = guided(denoiser, guidance, uncond, guidance_interval)
     known = None
     if known_mask is not None:
         known = KnownRegion(
