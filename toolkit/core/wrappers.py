@@ -28,14 +28,12 @@ def guided(
         low, high = checked_interval(interval)
 
     def guided_denoiser(x_t: Tensor, t: Tensor, **cond: Tensor) -> Tensor:
-        inside = None if interval is None else (t >= low) & (t <= high)
-        if inside is not None and not inside.any():
+        inside = torch.ones_like(t, dtype=torch.bool) if interval is None else (t >= low) & (t <= high)
+        if not inside.any():
             return denoiser(x_t, t, **cond)
         both = {k: torch.cat([cond[k], uncond[k]]) for k in cond}
         x0_c, x0_u = denoiser(torch.cat([x_t, x_t]), torch.cat([t, t]), **both).chunk(2)
-        scale = guidance if inside is None else torch.where(inside, guidance, 1.0).to(x0_c.dtype)
-        if inside is not None:
-            scale = scale.reshape(-1, *([1] * (x0_c.dim() - 1)))
+        scale = torch.where(inside, guidance, 1.0).to(x0_c.dtype).reshape(-1, *([1] * (x0_c.dim() - 1)))
         return x0_u + scale * (x0_c - x0_u)
 
     return guided_denoiser
