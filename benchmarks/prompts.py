@@ -517,8 +517,8 @@ class AudioJudge:
         self.median_ms = {word: float(np.median(durations[word_of == word])) for word in set(word_of)}
         self.real = (x[held_out], [prompts[i] for i in held_out.tolist()])
         read_f0, truth = self.read_f0(x[held_out]), f0[held_out.numpy()]
-        above = truth > np.array([self.median_f0[self.voices[v]] for v in voice[held_out.numpy()]])
-        read_above = read_f0 > np.array([self.median_f0[self.voices[v]] for v in voice[held_out.numpy()]])
+        voice_median = np.array([self.median_f0[self.voices[v]] for v in voice[held_out.numpy()]])
+        above, read_above = truth > voice_median, read_f0 > voice_median
         self.accuracy = {
             "word": float((self.classes(x[held_out]) == words[held_out].numpy()).mean()),
             "voice": float((self.read_voice(x[held_out]) == voice[held_out.numpy()]).mean()),
