@@ -30,13 +30,17 @@ def test_encoder_gives_a_start_token_then_the_prompt_masked_and_a_pooled_mean(ki
     torch.manual_seed(0)
     encoder, tokens = build_encoder(config).eval(), build_tokenizer(config)(["a bold seven", "", "eight"])
     sequence, mask, pooled = encoder(tokens)
-    assert sequence.shape == (3, 13, 32) and mask.shape == (3, 13) and pooled.shape == (3, 32)
-    assert mask[:, 0].all() and torch.equal(mask[:, 1:], tokens != PAD)
+    longest = int((tokens != PAD).sum(1).max())  # the columns after the longest prompt are padding only: cut
+    assert 0 < longest <= 12 and sequence.shape == (3, 1 + longest, 32) and mask.shape == (3, 1 + longest)
+    assert pooled.shape == (3, 32)
+    assert mask[:, 0].all() and torch.equal(mask[:, 1:], tokens[:, :longest] != PAD)
     assert mask[1].sum() == 1  # the empty prompt: only the start token
     expected = torch.stack([sequence[i][mask[i]].mean(0) for i in range(3)])
     assert torch.allclose(pooled, expected, atol=1e-6)
-    alone = encoder(tokens[2:])
-    assert torch.allclose(alone[0][0][alone[1][0]], sequence[2][mask[2]], atol=1e-5)  # rows do not mix
+    alone = encoder(tokens[2:])  # a shorter sequence (one word), the same vectors: rows do not mix
+    assert alone[0].shape[1] < sequence.shape[1]
+    assert torch.allclose(alone[0][0][alone[1][0]], sequence[2][mask[2]], atol=1e-5)
+    assert torch.allclose(alone[2][0], pooled[2], atol=1e-5)
     assert torch.equal(encoder.encode(None, 2)[0], encoder(torch.zeros(2, 12, dtype=torch.long))[0])
     with pytest.raises(ValueError, match="max_tokens=12"):
         encoder(torch.zeros(2, 5, dtype=torch.long))
@@ -190,7 +194,7 @@ def test_hf_encoder_and_tokenizer_load_from_a_local_folder(bert_folder):
     assert (tokens[1] == PAD).all()
     encoder = build_encoder(config)
     sequence, mask, pooled = encoder(tokens)
-    assert sequence.shape == (2, 13, 32) and mask[0].sum() == 6 and mask[1].sum() == 1
+    assert sequence.shape == (2, 6, 32) and mask[0].sum() == 6 and mask[1].sum() == 1  # cut after the longest
     assert torch.isfinite(sequence).all() and torch.isfinite(pooled).all()
     assert not any(key.startswith("frozen") for key in encoder.state_dict())
     trainable = sum(p.numel() for p in encoder.parameters())
