@@ -663,8 +663,8 @@ def format_row(row: Row, columns: Sequence[str]) -> str:
     return " | ".join(map(str, [*cells, ms]))
 
 
-def verdicts(rows: Sequence[Row], judge) -> list[str]:
-    """The issue's floors, at each guidance."""
+def verdicts(rows: Sequence[Row], judge, default_guidance: float | None = None) -> list[str]:
+    """The issue's floors, at each guidance (``default_guidance``, the checkpoint's own, marked)."""
     lines = []
     for guidance in sorted({r.guidance for r in rows if r.model == "prompts"}):
         at = {r.prompts: r for r in rows if r.guidance == guidance and r.model == "prompts"}
@@ -680,7 +680,8 @@ def verdicts(rows: Sequence[Row], judge) -> list[str]:
                 f"{attribute} {100 * value:.1f}% training-style ({'meets' if value >= BINARY_FLOOR else 'BELOW'} "
                 f"{BINARY_FLOOR:.0%})"
             )
-        lines.append(f"- guidance {guidance:g}: " + "; ".join(parts))
+        mark = " (the checkpoint's default)" if guidance == default_guidance else ""
+        lines.append(f"- guidance {guidance:g}{mark}: " + "; ".join(parts))
     return lines
 
 
@@ -690,7 +691,12 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--ckpt", type=Path, required=True, help="checkpoint of experiment=<domain>_prompts")
     parser.add_argument("--label-ckpt", type=Path, help="a class-label checkpoint of the same domain to compare with")
     parser.add_argument("--per-prompt", type=int, default=4, help="samples per prompt (seeds 0..)")
-    parser.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0, 4.0])
+    parser.add_argument(
+        "--guidance",
+        type=float,
+        nargs="+",
+        help="guidance scales to draw at (default: 1, 2, 4 and the checkpoint's own sampler.guidance)",
+    )
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--classifier-epochs", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0, help="classifier seed")
@@ -724,7 +730,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
         print(judge.description())
         all_sets = prompt_sets(judge.root, judge.attributes)
         sets = subsample(all_sets, args.max_prompts, args.seed)
-        rows = run(module, label_module, judge, sets, args.per_prompt, args.guidance, args.batch_size)
+        default_guidance = float(module.config["sampler"].get("guidance") or 1.0)
+        guidances = args.guidance or sorted({1.0, 2.0, 4.0, default_guidance})
+        rows = run(module, label_module, judge, sets, args.per_prompt, guidances, args.batch_size)
     sampler = module.config["sampler"]
     header = ["model", "prompts", "guidance", "samples", *(f"{c} %" for c in judge.columns), "ms / sample"]
     floors = f"{judge.key} >= 90% training-style, >= 70% held-out; each binary attribute >= 80%"
@@ -740,7 +748,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         "",
         f"### Against the issue's floors ({floors})",
         "",
-        *verdicts(rows, judge),
+        *verdicts(rows, judge, default_guidance),
         "",
         "### All rows",
         "",

@@ -97,6 +97,15 @@ def test_a_run_writes_every_row_and_the_floors(bench, tmp_path):
     assert text.count("- guidance ") == 2 and "on held-out combinations" in text
 
 
+def test_without_guidance_given_a_run_adds_the_checkpoints_own_and_marks_it(bench, tmp_path):
+    ckpt = save_untrained_checkpoint(tmp_path / "prompts.ckpt", [*TINY_TEXT_IMAGE, "sampler.guidance=3"])
+    argv = ["--ckpt", str(ckpt), "--per-prompt", "1", "--classifier-epochs", "1", "--out", str(tmp_path / "p.md")]
+    text = bench.main(argv).read_text()
+    drawn = [line.split(" | ")[2] for line in text.splitlines() if line.startswith("| prompts |")]
+    assert drawn == ["1"] * 3 + ["2"] * 3 + ["3"] * 3 + ["4"] * 3  # three prompt sets at each
+    assert "- guidance 3 (the checkpoint's default): digit" in text and text.count("default)") == 1
+
+
 def test_max_prompts_keeps_a_seeded_subset_in_order(bench):
     sets = {
         "big": [bench.Prompt(f"p{i:02d}", {}) for i in range(30)],
