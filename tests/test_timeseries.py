@@ -34,7 +34,7 @@ from toolkit.domains.timeseries import (
     window_offset,
     window_starts,
 )
-from toolkit.nets.csdi import CSDINet
+from toolkit.nets.csdi import CSDINet, EncoderLayer
 
 CONFIG = Path(__file__).resolve().parents[1] / "conf" / "domain" / "timeseries.yaml"
 SMALL_NET = {"_target_": "toolkit.nets.csdi.CSDINet", "channels": 16, "layers": 2, "heads": 2}
@@ -122,6 +122,30 @@ def test_net_rejects_labels_wrong_features_and_bad_heads():
 
 
 # ----------------------------------------------------------------------------- reading
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_encoder_layer_is_torchs_pre_norm_layer(dropout):
+    """Same seed, same parameters as nn.TransformerEncoderLayer; either state dict loads into the other,
+    and the outputs and gradients agree (dropout off in eval)."""
+    torch.manual_seed(3)
+    reference = torch.nn.TransformerEncoderLayer(
+        16, 2, 24, dropout, activation="gelu", batch_first=True, norm_first=True
+    )
+    torch.manual_seed(3)
+    lean = EncoderLayer(16, 2, 24, dropout)
+    for (name, ours), (ref_name, theirs) in zip(lean.state_dict().items(), reference.state_dict().items(), strict=True):
+        assert name == ref_name and torch.equal(ours, theirs)
+    reference.load_state_dict(lean.state_dict())
+    x = torch.randn(5, 7, 16, requires_grad=True)
+    lean.eval(), reference.eval()
+    (grad_ours,) = torch.autograd.grad(lean(x).square().sum(), x)
+    (grad_ref,) = torch.autograd.grad(reference(x).square().sum(), x)
+    torch.testing.assert_close(lean(x), reference(x))
+    torch.testing.assert_close(grad_ours, grad_ref)
+    if dropout:
+        lean.train()
+        assert not torch.equal(lean(x), lean(x))
 
 
 def test_read_csv_with_time_column(tmp_path):

