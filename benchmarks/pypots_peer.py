@@ -59,38 +59,61 @@ def _call_and_send(connection, function: Callable, args: tuple, kwargs: dict) ->
     connection.send(outcome)
 
 
+class CappedCall:
+    """``function(*args, **kwargs)`` started at once in a fresh (spawned) process, so that the caller can work
+    meanwhile; ``result()`` waits for it until ``cap_seconds`` after the start (None: as long as it takes) and
+    then stops it, which raises ``PeerStopped``; its exceptions come back as they are. ``function`` must be
+    importable by name in the new process (a module-level function of an importable module) and its arguments
+    picklable; a script that starts one needs the ``if __name__ == "__main__":`` guard spawned processes
+    require."""
+
+    def __init__(self, function: Callable, cap_seconds: float | None, *args, **kwargs):
+        if cap_seconds is not None and not cap_seconds > 0:
+            raise ValueError(f"cap_seconds must be a positive number of seconds or None (no cap), got {cap_seconds}")
+        self.name = function.__name__
+        self.cap_seconds = cap_seconds
+        context = multiprocessing.get_context("spawn")
+        self._receiver, sender = context.Pipe(duplex=False)
+        self._process = context.Process(target=_call_and_send, args=(sender, function, args, kwargs), daemon=True)
+        self._start = time.monotonic()
+        self._process.start()
+        sender.close()
+
+    def result(self):
+        remaining = None if self.cap_seconds is None else max(0.0, self.cap_seconds - (time.monotonic() - self._start))
+        try:
+            if not self._receiver.poll(remaining):
+                raise PeerStopped(self.cap_seconds)
+            succeeded, value = self._receiver.recv()
+        except EOFError:
+            self._process.join(5)
+            raise RuntimeError(
+                f"the process running {self.name} ended without a result (exit code {self._process.exitcode})"
+            ) from None
+        finally:
+            self._receiver.close()
+            if self._process.is_alive():
+                self._process.terminate()
+            self._process.join()
+        if not succeeded:
+            raise value
+        return value
+
+
 def run_capped(function: Callable, cap_seconds: float | None, *args, **kwargs):
-    """``function(*args, **kwargs)`` in a fresh (spawned) process, stopped once it has run ``cap_seconds``
-    (its start-up included), which raises ``PeerStopped``; its exceptions come back as they are. With
-    ``cap_seconds`` None it runs in this process. ``function`` must be importable by name in the new
-    process (a module-level function of an importable module) and its arguments picklable; a script that
-    calls this needs the ``if __name__ == "__main__":`` guard that spawned processes require."""
+    """``function(*args, **kwargs)`` in a ``CappedCall`` stopped at ``cap_seconds``, waited for at once; with
+    ``cap_seconds`` None it runs in this process."""
     if cap_seconds is None:
         return function(*args, **kwargs)
-    if not cap_seconds > 0:
-        raise ValueError(f"cap_seconds must be a positive number of seconds or None (no cap), got {cap_seconds}")
-    context = multiprocessing.get_context("spawn")
-    receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(target=_call_and_send, args=(sender, function, args, kwargs), daemon=True)
-    process.start()
-    sender.close()
-    try:
-        if not receiver.poll(cap_seconds):
-            raise PeerStopped(cap_seconds)
-        succeeded, value = receiver.recv()
-    except EOFError:
-        process.join(5)
-        raise RuntimeError(
-            f"the process running {function.__name__} ended without a result (exit code {process.exitcode})"
-        ) from None
-    finally:
-        receiver.close()
-        if process.is_alive():
-            process.terminate()
-        process.join()
-    if not succeeded:
-        raise value
-    return value
+    return CappedCall(function, cap_seconds, *args, **kwargs).result()
+
+
+def require_pypots() -> None:
+    """ImportError that says how to install PyPOTS when it is missing, before a process is started for it."""
+    import importlib.util
+
+    if importlib.util.find_spec("pypots") is None:
+        raise ImportError(f"the PyPOTS CSDI peer needs the optional package pypots; install it: `{INSTALL_HINT}`")
 
 
 def _import_pypots():

@@ -106,29 +106,49 @@ def test_other_results_become_sections_one_heading_level_deeper(tmp_path):
     assert missing[0] == "## Forecasting" and "`absent.md` has not been written yet" in missing[2]
 
 
-def test_a_peer_past_its_cap_gets_a_stopped_row_and_our_training_a_budget(tmp_path, monkeypatch):
+class FakeCall:
+    """Stands in for ``pypots_peer.CappedCall``: records how the peer was started, returns ``outcome(kwargs)``."""
+
+    started: list = []
+
+    def __init__(self, function, cap_seconds, train, test, **kwargs):
+        FakeCall.started.append((cap_seconds, kwargs, len(train), test))
+        self.cap_seconds, self.kwargs, self.test = cap_seconds, kwargs, test
+
+    def result(self):
+        return self.outcome()
+
+
+@pytest.fixture
+def fake_peer(monkeypatch):
     import benchmarks.pypots_peer as peer_module
 
-    ckpt = save_untrained_checkpoint(tmp_path / "untrained.ckpt", TINY_TIMESERIES)
-    caps, budgets = [], []
+    FakeCall.started = []
+    monkeypatch.setattr(peer_module, "CappedCall", FakeCall)
+    monkeypatch.setattr(peer_module, "require_pypots", lambda: None)
+    return peer_module
 
-    def stopped_at_cap(function, cap_seconds, *args, **kwargs):
-        caps.append(cap_seconds)
-        raise peer_module.PeerStopped(cap_seconds)
+
+def test_a_peer_past_its_cap_gets_a_stopped_row_and_our_training_a_budget(tmp_path, monkeypatch, fake_peer):
+    ckpt = save_untrained_checkpoint(tmp_path / "untrained.ckpt", TINY_TIMESERIES)
+    budgets = []
+
+    def stopped(self):
+        raise fake_peer.PeerStopped(self.cap_seconds)
 
     def load_recording_extra(source, ckpt, run_root, max_steps, extra=()):
         budgets.append(list(extra))
         return real_train_or_load(source, ckpt, run_root, max_steps, extra)
 
     real_train_or_load = bench.train_or_load
-    monkeypatch.setattr(peer_module, "run_capped", stopped_at_cap)
+    monkeypatch.setattr(FakeCall, "outcome", stopped, raising=False)
     monkeypatch.setattr(bench, "train_or_load", load_recording_extra)
     out = tmp_path / "imputation.md"
     bench.main(
         ["--sources", "co2", "--ckpt", f"co2={ckpt}", "--steps", "2", "--n-samples", "2", "--mask-repeats", "1"]
         + ["--peer-cap", "3", "--fit-budget", "90s", "--out", str(out)]
     )
-    assert caps == [3.0]
+    assert [(cap, kwargs["fit_seconds"]) for cap, kwargs, _, _ in FakeCall.started] == [(3.0, 90.0)]
     assert budgets == [["trainer.max_time=90s"]]
     text = out.read_text()
     peer_row = next(line for line in text.splitlines() if line.startswith("| PyPOTS CSDI") and "MAE" not in line)
@@ -137,15 +157,11 @@ def test_a_peer_past_its_cap_gets_a_stopped_row_and_our_training_a_budget(tmp_pa
     assert "| ours, dpmpp_2m 2 steps |" in text
 
 
-def test_a_peer_stopped_by_its_training_budget_is_scored_and_named_capped(tmp_path, monkeypatch):
-    import benchmarks.pypots_peer as peer_module
-
+def test_a_peer_stopped_by_its_training_budget_is_scored_and_named_capped(tmp_path, monkeypatch, fake_peer):
     ckpt = save_untrained_checkpoint(tmp_path / "untrained.ckpt", TINY_TIMESERIES)
-    calls = []
 
-    def budget_stopped(function, cap_seconds, train, test, **kwargs):
-        calls.append((cap_seconds, kwargs["fit_seconds"], kwargs["epochs"], kwargs["batch_size"], len(train)))
-        samples = np.repeat(np.nan_to_num(test, nan=0.0)[None], kwargs["n_samples"], axis=0)
+    def budget_stopped(self):
+        samples = np.repeat(np.nan_to_num(self.test, nan=0.0)[None], self.kwargs["n_samples"], axis=0)
         return {
             "samples": samples,
             "fit_seconds": 90.4,
@@ -157,20 +173,54 @@ def test_a_peer_stopped_by_its_training_budget_is_scored_and_named_capped(tmp_pa
             "best_epoch": 5,
         }
 
-    monkeypatch.setattr(peer_module, "run_capped", budget_stopped)
+    monkeypatch.setattr(FakeCall, "outcome", budget_stopped, raising=False)
     out = tmp_path / "imputation.md"
     bench.main(
         ["--sources", "co2", "--ckpt", f"co2={ckpt}", "--steps", "2", "--n-samples", "2", "--mask-repeats", "1"]
         + ["--fit-budget", "90s", "--out", str(out)]
     )
-    (cap, fit_seconds, epochs, batch, windows), *others = calls
-    assert not others and cap == bench.PEER_CAP_SECONDS and fit_seconds == 90.0
+    (cap, kwargs, windows, _), *others = FakeCall.started
+    epochs, batch = kwargs["epochs"], kwargs["batch_size"]
+    assert not others and cap == bench.PEER_CAP_SECONDS and kwargs["fit_seconds"] == 90.0
     assert epochs * -(-windows // batch) >= bench.PEER_ITERATIONS > (epochs - 1) * -(-windows // batch)
     text = out.read_text()
     scores = next(line for line in text.splitlines() if line.startswith("| PyPOTS CSDI (capped) |") and "/" in line)
     assert scores.count("/") == 8, "the capped peer is scored in every scenario"
     assert "CAPPED: training stopped at its time budget after 41 of 1500 iterations" in text
     assert "weights of epoch 5" in text
+    assert "| PyPOTS CSDI (capped) | 90 | - |" in text, "a loaded checkpoint has no fit time to compare with"
+
+
+def test_the_peer_trains_while_ours_does_and_both_fit_times_are_compared(tmp_path, monkeypatch, fake_peer):
+    """Without a checkpoint: the peer starts before our training (with its own default budget), our model is
+    trained with the default config, and the fit table gives both wall times and their ratio."""
+    order = []
+
+    def finished(self):
+        order.append("peer result")
+        samples = np.repeat(np.nan_to_num(self.test, nan=0.0)[None], self.kwargs["n_samples"], axis=0)
+        out = {"samples": samples, "fit_seconds": 30.0, "predict_seconds": 1.0, "version": "1.3"}
+        return {**out, "iterations": 1500, "planned_iterations": 1500, "budget_stopped": False, "best_epoch": 9}
+
+    def tiny_training(source, ckpt, run_root, max_steps, extra=()):
+        order.append(f"ours trained, peer started: {len(FakeCall.started)}")
+        path = save_untrained_checkpoint(tmp_path / "fresh.ckpt", TINY_TIMESERIES)
+        return bench.Imputer.load(path), path, 20.0
+
+    monkeypatch.setattr(FakeCall, "outcome", finished, raising=False)
+    monkeypatch.setattr(bench, "train_or_load", tiny_training)
+    monkeypatch.setattr(bench, "trained_steps", lambda ckpt: 700)
+    out = tmp_path / "imputation.md"
+    bench.main(
+        ["--sources", "co2", "--steps", "2", "--n-samples", "2", "--mask-repeats", "1", "--override"]
+        + [*TINY_TIMESERIES[1:], "--out", str(out)]
+    )
+    assert order == ["ours trained, peer started: 1", "peer result"]
+    (cap, kwargs, _, _), *others = FakeCall.started
+    assert kwargs["fit_seconds"] == bench.budget_seconds(bench.PEER_FIT_BUDGETS["co2"])
+    text = out.read_text()
+    assert "| ours | 20 | 1.00x | 700 steps of batch 32, ended by early stopping on val/crps |" in text
+    assert "| PyPOTS CSDI | 30 | 1.50x | 1500 of 1500 iterations" in text
 
 
 @pytest.mark.parametrize(
