@@ -475,11 +475,12 @@ def main(argv: Sequence[str] | None = None) -> Path:
         fit_budget = args.fit_budgets[source]
         extra = [*([] if fit_budget.lower() == "none" else [f"trainer.max_time={fit_budget}"]), *args.override]
         config = source_config(source, args.max_steps, extra)
-        domain = Imputer.load(given).domain if given else build_domain(OmegaConf.to_container(config.domain, resolve=True))
+        loaded = Imputer.load(given) if given else None
+        domain = loaded.domain if loaded else build_domain(OmegaConf.to_container(config.domain, resolve=True))
         runs, time_pos, n_windows = held_out_scenarios(domain, args.mask_repeats)
         peer = None
         if args.peer:
-            batch = int(Imputer.load(given).module.config["data"]["batch_size"] if given else config.data.batch_size)
+            batch = int(loaded.module.config["data"]["batch_size"] if loaded else config.data.batch_size)
             peer_budget = budget_seconds(fit_budget if fit_budget.lower() != "none" else PEER_FIT_BUDGETS[source])
             try:
                 peer = start_peer(domain, batch, runs, args.n_samples, args.seed, peer_budget, args.peer_cap or None)

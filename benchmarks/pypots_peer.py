@@ -25,8 +25,9 @@ PyPOTS trains for a number of epochs whatever the time it takes (macrodata's run
 minutes). Two limits keep a benchmark in time: ``fit_seconds`` ends the peer's training at the first
 iteration past that many seconds once an epoch has finished (through PyPOTS' own interrupt path, which keeps
 the weights of the best finished epoch), and the peer then samples as usual, reporting the iterations it
-reached; ``run_capped`` runs the whole call in a separate process that is stopped at a hard time cap, which
-then raises ``PeerStopped`` for the benchmark to report instead of waiting.
+reached; ``CappedCall`` starts the whole call in a separate process (so that the benchmark trains its own model
+meanwhile) that is stopped at a hard time cap, which then raises ``PeerStopped`` for the benchmark to report
+instead of waiting; ``run_capped`` does the same and waits at once.
 """
 
 from __future__ import annotations

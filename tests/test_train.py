@@ -65,6 +65,11 @@ def test_foreach_ema_averages_as_lightnings_ema(trained, tmp_path, monkeypatch):
     assert any(not torch.equal(ours["state_dict"][k], ours["current_model_state"][k]) for k in ours["state_dict"])
 
 
+def test_previews_every_n_validations(tmp_path):
+    train(config("trainer.max_steps=6", "preview.every=2", "checkpoint.every_n_steps=100"), tmp_path)
+    assert sorted(p.name for p in (tmp_path / "previews").glob("*.png")) == ["step_000002.png", "step_000006.png"]
+
+
 def test_resume_continues_from_the_checkpoint(trained, tmp_path):
     _, last = trained
     resumed = train(config(f"ckpt_path={last}", "trainer.max_steps=6"), tmp_path)

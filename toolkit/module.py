@@ -120,12 +120,17 @@ class DiffusionModule(L.LightningModule):
         return value
 
     def on_validation_epoch_end(self) -> None:
-        """A preview of samples (drawn with the averaged weights when EMA is on) every validation; a
-        model trained on captions draws them for ``preview.prompts`` in turn when given."""
+        """A preview of samples (drawn with the averaged weights when EMA is on) every ``preview.every``
+        validations (default 1: each); a model trained on captions draws them for ``preview.prompts`` in
+        turn when given."""
         if self.trainer.sanity_checking or not self.trainer.is_global_zero:
             return
-        n = self.config.get("preview", {}).get("n", 16)
-        out = self.generate(n, seed=0, prompt=cycled(self.config.get("preview", {}).get("prompts"), n))
+        settings = self.config.get("preview", {})
+        self.validations_seen = getattr(self, "validations_seen", 0) + 1
+        if (self.validations_seen - 1) % int(settings.get("every") or 1):
+            return
+        n = settings.get("n", 16)
+        out = self.generate(n, seed=0, prompt=cycled(settings.get("prompts"), n))
         self.preview_samples = out["x"]  # scored for copies by callbacks.PreviewCopies
         path = Path(self.trainer.default_root_dir) / "previews" / f"step_{self.global_step:06d}.png"
         self.domain.preview(out["x"], path, out["labels"])
