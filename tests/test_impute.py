@@ -207,6 +207,26 @@ def test_windows_are_drawn_by_generate_with_their_own_inputs(imputer, monkeypatc
     assert samples.shape == (2, 3, 2, WINDOW) and np.isfinite(samples).all()
 
 
+def test_default_batch_holds_a_fixed_number_of_cells(imputer, monkeypatch):
+    """Without batch_size, each network call gets as many windows as fit SAMPLING_TOKENS cells (K x L each)."""
+    import toolkit.impute.imputer as imputer_module
+
+    calls = []
+    generate = imputer.module.generate
+
+    def recording_generate(n, **options):
+        calls.append(options["batch_size"])
+        return generate(n, **options)
+
+    monkeypatch.setattr(imputer.module, "generate", recording_generate)
+    monkeypatch.setattr(imputer_module, "SAMPLING_TOKENS", 5 * 2 * WINDOW + 7)
+    values = np.where(np.random.default_rng(0).random((3, 2, WINDOW)) < 0.3, np.nan, 1.0)
+    imputer.sample_windows(values, n_samples=2, seed=4, steps=2)
+    monkeypatch.setattr(imputer_module, "SAMPLING_TOKENS", 1)
+    imputer.sample_windows(values, n_samples=2, seed=4, steps=2)
+    assert calls == [5, 1]
+
+
 def test_only_windows_that_own_a_gap_are_drawn(imputer, monkeypatch):
     """A forecast of a long, fully observed history draws the window of the future only; a frame without
     gaps draws nothing."""
