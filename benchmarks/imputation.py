@@ -75,7 +75,7 @@ SOURCE_SETTINGS = {
 RATES = (0.1, 0.5, 0.9)
 CSDI_PAPER_SIZES = {"channels": 64, "layers": 4, "heads": 8, "time_emb_dim": 128, "feature_emb_dim": 16}
 QUANTILE_LEVELS = np.round(np.arange(0.05, 0.951, 0.05), 2)
-# The peer's training budget per data set, a safety net: PyPOTS' 1,500 iterations took 243 s (co2), 229 s (macrodata)
+# The peer's training budget per data set, a safety net: PyPOTS' 1,500 iterations took 233 s (co2), 220 s (macrodata)
 # and 116 s (interest_inflation) on a 2-core Intel Xeon, and about 590 s, 430 s and 230 s on an AMD EPYC machine.
 PEER_FIT_BUDGETS = {"co2": "10min", "macrodata": "8min", "interest_inflation": "4min"}
 PEER_CAP_SECONDS = 1200.0  # PyPOTS' CSDI, training and sampling, per data set: a safety net past its budget
