@@ -44,13 +44,12 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import markdown_table, stopwatch, write_results  # noqa: E402
-from benchmarks.imputation import SOURCE_SETTINGS, Scores, score  # noqa: E402
+from benchmarks.imputation import SOURCE_SETTINGS, Scores, coverage, score  # noqa: E402
 from toolkit.domains.timeseries import co2_frame, macrodata_frame  # noqa: E402
 from toolkit.impute import Imputer  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "forecasting.md"
 HELD_OUT_FRACTION = 0.2  # the time-series domain's default val_fraction
-BAND = (0.05, 0.95)
 QUICK_NET = {
     "domain.net.channels": 8,
     "domain.net.layers": 1,
@@ -199,14 +198,6 @@ def model_samples(imputer: Imputer, task: Task, args) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- scoring
-
-
-def coverage(truth: np.ndarray, scored: np.ndarray, draws: np.ndarray, band: Sequence[float] = BAND) -> float:
-    """Share of the ``scored`` cells of ``truth`` [N, K, L] inside the ``band`` quantiles of
-    ``draws`` [S, N, K, L] (bounds included)."""
-    low, high = np.quantile(draws, band, axis=0)
-    inside = (truth >= low) & (truth <= high)
-    return float(inside[scored].mean())
 
 
 def horizon_masks(truth: np.ndarray) -> list[np.ndarray]:

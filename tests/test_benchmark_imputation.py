@@ -69,6 +69,16 @@ def test_scores_in_training_std_units_and_crps_of_a_point_equals_its_mae():
     assert wide.crps == pytest.approx(3 * calibrated.crps, rel=1e-6)
 
 
+def test_coverage_of_the_band_is_90_percent_when_the_truth_is_one_more_draw():
+    rng = np.random.default_rng(1)
+    truth = ramp_windows(100, 2, 16)
+    hidden = rng.random(truth.shape) < 0.5
+    centre = truth + rng.normal(size=truth.shape)
+    noise = rng.normal(size=(200, *truth.shape))
+    assert bench.coverage(truth, hidden, centre[None] + noise) == pytest.approx(0.90, abs=0.02)
+    assert bench.coverage(truth, hidden, centre[None] + 0.3 * noise) < 0.5, "a band 0.3x too narrow holds ~38%"
+
+
 TINY_TIMESERIES = [
     "domain=timeseries",
     "domain.window=16",
@@ -91,6 +101,10 @@ def test_end_to_end_on_an_untrained_checkpoint(tmp_path):
     for row in ("window mean", "LOCF", "linear interpolation", "ours, dpmpp_2m 2 steps", "90% random", "block"):
         assert row in text
     assert "ms per window" in text
+    coverage_row = next(
+        line for line in text.splitlines() if line.startswith("| ours, dpmpp_2m 2 steps |") and "%" in line
+    )
+    assert coverage_row.count("%") == 4, "the 5-95% band's coverage in every scenario"
     for title, path in bench.INCLUDED_RESULTS.items():
         assert f"## {title}" in text and f"From `benchmarks/results/{path.name}`" in text
     assert "#### One training step" in text, "the scaling tables come one heading level deeper"
