@@ -68,6 +68,9 @@ def test_foreach_ema_averages_as_lightnings_ema(trained, tmp_path, monkeypatch):
 def test_previews_every_n_validations(tmp_path):
     train(config("trainer.max_steps=6", "preview.every=2", "checkpoint.every_n_steps=100"), tmp_path)
     assert sorted(p.name for p in (tmp_path / "previews").glob("*.png")) == ["step_000002.png", "step_000006.png"]
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="preview.every must be a whole number"):
+            train(config(f"preview.every={bad}"), tmp_path / "bad")
 
 
 def test_resume_continues_from_the_checkpoint(trained, tmp_path):

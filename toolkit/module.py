@@ -62,6 +62,9 @@ def check_config(config: dict) -> None:
         )
     if not 0 <= config["loss"].get("p_uncond", 0.0) < 1:
         raise ValueError(f"loss.p_uncond must be in [0, 1), got {config['loss']['p_uncond']}")
+    every = (config.get("preview") or {}).get("every", 1)
+    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+        raise ValueError(f"preview.every must be a whole number of validations >= 1 (1: each), got {every!r}")
 
 
 class DiffusionModule(L.LightningModule):
@@ -74,6 +77,7 @@ class DiffusionModule(L.LightningModule):
         self.save_hyperparameters({"config": config})
         self.config = config
         self.net = self.domain.build_net()
+        self.validations_seen = 0  # previews every preview.every validations, counted from the run's (re)start
         options = {k: v for k, v in config["schedule"].items() if k != "name"}
         self.schedule = schedule.get(config["schedule"]["name"], **options)
 
@@ -126,8 +130,8 @@ class DiffusionModule(L.LightningModule):
         if self.trainer.sanity_checking or not self.trainer.is_global_zero:
             return
         settings = self.config.get("preview", {})
-        self.validations_seen = getattr(self, "validations_seen", 0) + 1
-        if (self.validations_seen - 1) % int(settings.get("every") or 1):
+        self.validations_seen += 1
+        if (self.validations_seen - 1) % settings.get("every", 1):
             return
         n = settings.get("n", 16)
         out = self.generate(n, seed=0, prompt=cycled(settings.get("prompts"), n))
