@@ -306,11 +306,10 @@ def held_out_scenarios(domain, repeats: int) -> tuple[list[Scenario], np.ndarray
 
 
 def evaluate(
-    imputer: Imputer, runs: list[Scenario], time_pos: np.ndarray, args: argparse.Namespace
+    imputer: Imputer, runs: list[Scenario], time_pos: np.ndarray, scale: Normalizer, args: argparse.Namespace
 ) -> list[MethodResult]:
-    """The simple fills' and our model's scores and inference times on ``runs``."""
-    domain = imputer.domain
-    scale = Normalizer.fit(domain.splits()[0])  # the training values' own mean and std, whatever the model uses
+    """The simple fills' and our model's scores and inference times on ``runs``; ``scale``: the training values'
+    own mean and std (the fills' fallback and the scores' unit), whatever the model uses."""
     mean, std = scale.mean, scale.std
     results = [
         MethodResult("window mean", note="mean of the window's given values"),
@@ -357,10 +356,9 @@ def stopping_note(imputer: Imputer, ckpt: Path) -> str:
     return f"{steps} steps of batch {batch}, ended by {reason}"
 
 
-def score_peer(peer: MethodResult, draws: list | None, runs: list[Scenario], domain) -> MethodResult:
-    std = Normalizer.fit(domain.splits()[0]).std
+def score_peer(peer: MethodResult, draws: list | None, runs: list[Scenario], scale: Normalizer) -> MethodResult:
     for scenario, scenario_draws in zip(runs, draws or [], strict=False):
-        peer.scores[scenario.name] = score(scenario.truth, scenario.hidden, std, scenario_draws)
+        peer.scores[scenario.name] = score(scenario.truth, scenario.hidden, scale.std, scenario_draws)
         peer.coverage[scenario.name] = coverage(scenario.truth, scenario.hidden, scenario_draws)
     return peer
 
@@ -504,6 +502,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         loaded = Imputer.load(given) if given else None
         domain = loaded.domain if loaded else build_domain(OmegaConf.to_container(config.domain, resolve=True))
         runs, time_pos, n_windows = held_out_scenarios(domain, args.mask_repeats)
+        scale = Normalizer.fit(domain.splits()[0])
         peer = None
         if args.peer:
             batch = int(loaded.module.config["data"]["batch_size"] if loaded else config.data.batch_size)
@@ -513,13 +512,13 @@ def main(argv: Sequence[str] | None = None) -> Path:
             except ImportError as error:
                 print(f"PyPOTS CSDI skipped: {error}")
         imputer, ckpt, fit_seconds = train_or_load(source, given, args.run_root, args.max_steps, extra)
-        results = evaluate(imputer, runs, time_pos, args)
+        results = evaluate(imputer, runs, time_pos, scale, args)
         if fit_seconds is not None:
             ours = results[len(results) - len(args.steps)]
             ours.fit_seconds = fit_seconds
             ours.fit_note = stopping_note(imputer, ckpt)
         if peer is not None:
-            results.append(score_peer(*finish_peer(peer, runs), runs, domain))
+            results.append(score_peer(*finish_peer(peer, runs), runs, scale))
         facts = {
             "windows": n_windows,
             "variables": len(domain.columns),

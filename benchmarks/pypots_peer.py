@@ -27,7 +27,7 @@ iteration past that many seconds once an epoch has finished (through PyPOTS' own
 the weights of the best finished epoch), and the peer then samples as usual, reporting the iterations it
 reached; ``CappedCall`` starts the whole call in a separate process (so that the benchmark trains its own model
 meanwhile) that is stopped at a hard time cap, which then raises ``PeerStopped`` for the benchmark to report
-instead of waiting; ``run_capped`` does the same and waits at once.
+instead of waiting.
 """
 
 from __future__ import annotations
@@ -99,14 +99,6 @@ class CappedCall:
         if not succeeded:
             raise value
         return value
-
-
-def run_capped(function: Callable, cap_seconds: float | None, *args, **kwargs):
-    """``function(*args, **kwargs)`` in a ``CappedCall`` stopped at ``cap_seconds``, waited for at once; with
-    ``cap_seconds`` None it runs in this process."""
-    if cap_seconds is None:
-        return function(*args, **kwargs)
-    return CappedCall(function, cap_seconds, *args, **kwargs).result()
 
 
 def require_pypots() -> None:

@@ -1,5 +1,5 @@
 """benchmarks/pypots_peer.py: the PyPOTS CSDI peer keeps its contract (all draws, observed values kept,
-the input's units, seeded) on a tiny model, and says how to install PyPOTS when it is missing; ``run_capped``
+the input's units, seeded) on a tiny model, and says how to install PyPOTS when it is missing; ``CappedCall``
 stops a call past its time cap."""
 
 import math
@@ -144,21 +144,22 @@ def capped():
     return importlib.import_module("benchmarks.pypots_peer")
 
 
-def test_run_capped_stops_a_call_past_its_cap(capped):
+def test_a_capped_call_is_stopped_past_its_cap(capped):
     started = time.perf_counter()
+    call = capped.CappedCall(time.sleep, 2.0, 60)
     with pytest.raises(capped.PeerStopped, match=r"stopped at 2 s") as stopped:
-        capped.run_capped(time.sleep, 2.0, 60)
+        call.result()
     assert stopped.value.seconds == 2.0
     assert time.perf_counter() - started < 30, "the process must be stopped at the cap, not waited for"
 
 
-def test_run_capped_returns_results_and_raises_errors_of_the_call(capped):
-    assert capped.run_capped(math.factorial, 60.0, 5) == 120
-    assert capped.run_capped(math.factorial, None, 6) == 720  # no cap: in this process
+def test_a_capped_call_returns_results_and_raises_errors_of_the_call(capped):
+    assert capped.CappedCall(math.factorial, 60.0, 5).result() == 120
+    assert capped.CappedCall(math.factorial, None, 6).result() == 720  # no cap: as long as it takes
     with pytest.raises(ValueError, match="math domain error"):
-        capped.run_capped(math.sqrt, 60.0, -1.0)
+        capped.CappedCall(math.sqrt, 60.0, -1.0).result()
     with pytest.raises(RuntimeError, match=r"_exit ended without a result \(exit code 3\)"):
-        capped.run_capped(os._exit, 60.0, 3)
+        capped.CappedCall(os._exit, 60.0, 3).result()
     for cap in (0, -3.0):
         with pytest.raises(ValueError, match="cap_seconds must be a positive number"):
-            capped.run_capped(math.factorial, cap, 3)
+            capped.CappedCall(math.factorial, cap, 3)
