@@ -121,7 +121,7 @@ def test_other_results_become_sections_one_heading_level_deeper(tmp_path):
 
 
 class FakeCall:
-    """Stands in for ``pypots_peer.CappedCall``: records how the peer was started, returns ``outcome(kwargs)``."""
+    """Stands in for ``pypots_peer.CappedCall``: records how the peer was started; ``result()`` is ``outcome``."""
 
     started: list = []
 
